@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,9 +113,8 @@ void perch_log(perch_log_level level, const char *module, const char *fmt, ...)
 		return;
 	char line[LINE_MAX_BYTES];
 	size_t n = 0;
-	static int journald = -1;
-	if (journald < 0)
-		journald = getenv("JOURNAL_STREAM") != NULL;
+	/* journald sets JOURNAL_STREAM for the services whose stderr it reads. */
+	bool journald = getenv("JOURNAL_STREAM") != NULL;
 	int w;
 	if (journald) {
 		w = snprintf(line, sizeof line, "<%d>%s: ", (int)level, module ? module : "perch");
