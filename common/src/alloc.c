@@ -18,7 +18,7 @@ _Static_assert(HDR % alignof(max_align_t) == 0, "header breaks alignment");
 
 static atomic_size_t live_bytes;
 static atomic_size_t live_blocks;
-static atomic_size_t limit_bytes;   /* 0: none */
+static atomic_size_t limit_bytes;       /* 0: none */
 static atomic_long fail_countdown = -1; /* <0: off */
 static atomic_size_t failures;
 
@@ -124,8 +124,23 @@ char *perch_strndup(const char *s, size_t n)
 	return perch_memdup0(s, strnlen(s, n));
 }
 
-size_t perch_alloc_bytes(void) { return atomic_load(&live_bytes); }
-size_t perch_alloc_blocks(void) { return atomic_load(&live_blocks); }
-void perch_alloc_set_limit(size_t bytes) { atomic_store(&limit_bytes, bytes); }
-void perch_alloc_fail_after(long n) { atomic_store(&fail_countdown, n < 0 ? -1 : n); }
-size_t perch_alloc_failures(void) { return atomic_load(&failures); }
+size_t perch_alloc_bytes(void)
+{
+	return atomic_load(&live_bytes);
+}
+size_t perch_alloc_blocks(void)
+{
+	return atomic_load(&live_blocks);
+}
+void perch_alloc_set_limit(size_t bytes)
+{
+	atomic_store(&limit_bytes, bytes);
+}
+void perch_alloc_fail_after(long n)
+{
+	atomic_store(&fail_countdown, n < 0 ? -1 : n);
+}
+size_t perch_alloc_failures(void)
+{
+	return atomic_load(&failures);
+}

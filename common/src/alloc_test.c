@@ -97,9 +97,9 @@ static void test_fail_after(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_counts),      cmocka_unit_test(test_strdup),
-		cmocka_unit_test(test_calloc_overflow), cmocka_unit_test(test_limit),
-		cmocka_unit_test(test_fail_after),
+	        cmocka_unit_test(test_counts),          cmocka_unit_test(test_strdup),
+	        cmocka_unit_test(test_calloc_overflow), cmocka_unit_test(test_limit),
+	        cmocka_unit_test(test_fail_after),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,10 +38,8 @@ struct load {
 	bool fatal;       /* the event stream cannot be followed further */
 };
 
-__attribute__((format(printf, 4, 5))) static void add_error(perch_cfg_errors *errs,
-							    const char *name,
-							    const yaml_mark_t *mark,
-							    const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void
+add_error(perch_cfg_errors *errs, const char *name, const yaml_mark_t *mark, const char *fmt, ...)
 {
 	if (errs->n >= PERCH_CFG_MAX_ERRORS) {
 		errs->dropped++;
@@ -55,7 +53,7 @@ __attribute__((format(printf, 4, 5))) static void add_error(perch_cfg_errors *er
 	char line[768];
 	if (mark != NULL)
 		snprintf(line, sizeof line, "%s:%zu:%zu: %s", name, mark->line + 1,
-			 mark->column + 1, text);
+		         mark->column + 1, text);
 	else
 		snprintf(line, sizeof line, "%s: %s", name, text);
 	char *m = perch_strdup(line);
@@ -125,7 +123,7 @@ struct unit {
 };
 
 static perch_err parse_with_units(const char *text, const struct unit *units, size_t nunits,
-				  int64_t bare_mult, int64_t *out)
+                                  int64_t bare_mult, int64_t *out)
 {
 	int64_t v;
 	const char *end;
@@ -155,17 +153,17 @@ static perch_err parse_with_units(const char *text, const struct unit *units, si
 perch_err perch_parse_size(const char *text, uint64_t *out)
 {
 	static const struct unit units[] = {
-		{"B", 1},
-		{"k", 1000},
-		{"K", 1024},
-		{"KB", 1024},
-		{"KiB", 1024},
-		{"M", 1024 * 1024},
-		{"MB", 1024 * 1024},
-		{"MiB", 1024 * 1024},
-		{"G", 1024 * 1024 * 1024},
-		{"GB", 1024 * 1024 * 1024},
-		{"GiB", 1024 * 1024 * 1024},
+	        {"B", 1},
+	        {"k", 1000},
+	        {"K", 1024},
+	        {"KB", 1024},
+	        {"KiB", 1024},
+	        {"M", INT64_C(1) << 20},
+	        {"MB", INT64_C(1) << 20},
+	        {"MiB", INT64_C(1) << 20},
+	        {"G", INT64_C(1) << 30},
+	        {"GB", INT64_C(1) << 30},
+	        {"GiB", INT64_C(1) << 30},
 	};
 	int64_t v;
 	perch_err err = parse_with_units(text, units, sizeof units / sizeof units[0], 1, &v);
@@ -177,7 +175,8 @@ perch_err perch_parse_size(const char *text, uint64_t *out)
 perch_err perch_parse_duration_ms(const char *text, int64_t *out)
 {
 	static const struct unit units[] = {
-		{"ms", 1}, {"s", 1000}, {"m", 60000}, {"min", 60000}, {"h", 3600000}, {"d", 86400000},
+	        {"ms", 1},      {"s", 1000},    {"m", 60000},
+	        {"min", 60000}, {"h", 3600000}, {"d", 86400000},
 	};
 	return parse_with_units(text, units, sizeof units / sizeof units[0], 1000, out);
 }
@@ -245,7 +244,7 @@ static perch_err append_item(perch_strlist *l, const char *text)
  * list (flags) rather than replace it (a file's scalar value).
  */
 static perch_err set_value(const perch_cfg_key *k, const char *text, void *out, bool append,
-			   char *why, size_t cap)
+                           char *why, size_t cap)
 {
 	perch_err err = PERCH_OK;
 	int64_t v = 0;
@@ -267,7 +266,7 @@ static perch_err set_value(const perch_cfg_key *k, const char *text, void *out, 
 		size_t len = strlen(text);
 		if ((int64_t)len < range_min(k) || (int64_t)len > range_max(k)) {
 			snprintf(why, cap, "length %zu is outside %lld..%lld", len,
-				 (long long)range_min(k), (long long)range_max(k));
+			         (long long)range_min(k), (long long)range_max(k));
 			return PERCH_ERANGE;
 		}
 		char *s = perch_strdup(text);
@@ -307,9 +306,10 @@ static perch_err set_value(const perch_cfg_key *k, const char *text, void *out, 
 	}
 	if (err == PERCH_EINVAL) {
 		static const char *const expect[] = {
-			[PERCH_CFG_INT] = "expected an integer",
-			[PERCH_CFG_SIZE] = "expected a size such as 512, 64k, 16MiB or 2G",
-			[PERCH_CFG_DURATION] = "expected a duration such as 250ms, 30s, 5m, 2h or 1d",
+		        [PERCH_CFG_INT] = "expected an integer",
+		        [PERCH_CFG_SIZE] = "expected a size such as 512, 64k, 16MiB or 2G",
+		        [PERCH_CFG_DURATION] =
+		                "expected a duration such as 250ms, 30s, 5m, 2h or 1d",
 		};
 		snprintf(why, cap, "%s", expect[k->type]);
 		return err;
@@ -318,7 +318,7 @@ static perch_err set_value(const perch_cfg_key *k, const char *text, void *out, 
 		err = PERCH_ERANGE;
 	if (err == PERCH_ERANGE) {
 		snprintf(why, cap, "out of range %lld..%lld%s", (long long)range_min(k),
-			 (long long)range_max(k), k->type == PERCH_CFG_DURATION ? " ms" : "");
+		         (long long)range_max(k), k->type == PERCH_CFG_DURATION ? " ms" : "");
 		return err;
 	}
 	if (err != PERCH_OK)
@@ -368,7 +368,7 @@ perch_err perch_cfg_defaults(const perch_cfg_key *tbl, size_t n, void *out)
 }
 
 perch_err perch_cfg_set(const perch_cfg_key *tbl, size_t n, const char *name, const char *value,
-			void *out, char *err, size_t cap)
+                        void *out, char *err, size_t cap)
 {
 	const perch_cfg_key *k = perch_cfg_find(tbl, n, name);
 	if (k == NULL) {
@@ -395,14 +395,14 @@ static bool next_event(struct load *ld, yaml_event_t *ev)
 		else
 			ld->status = PERCH_ECONFIG;
 		add_error(ld->errs, ld->name, &ld->parser.problem_mark, "%s%s%s", problem,
-			  ld->parser.context ? " " : "",
-			  ld->parser.context ? ld->parser.context : "");
+		          ld->parser.context ? " " : "",
+		          ld->parser.context ? ld->parser.context : "");
 		ld->fatal = true;
 		return false;
 	}
 	if (ev->type == YAML_ALIAS_EVENT) {
 		add_error(ld->errs, ld->name, &ev->start_mark,
-			  "YAML aliases are not supported in Perch configuration");
+		          "YAML aliases are not supported in Perch configuration");
 		ld->status = PERCH_ECONFIG;
 		ld->fatal = true;
 		yaml_event_delete(ev);
@@ -411,9 +411,8 @@ static bool next_event(struct load *ld, yaml_event_t *ev)
 	return true;
 }
 
-__attribute__((format(printf, 3, 4))) static void fail(struct load *ld,
-							    const yaml_mark_t *mark,
-							    const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void fail(struct load *ld, const yaml_mark_t *mark,
+                                                       const char *fmt, ...)
 {
 	char text[PATH_MAX_LEN + 320];
 	va_list ap;
@@ -474,7 +473,7 @@ static bool scalar_is_null(const yaml_event_t *ev)
 }
 
 static void set_from_scalar(struct load *ld, const perch_cfg_key *k, const yaml_event_t *ev,
-			    const char *path)
+                            const char *path)
 {
 	if (scalar_is_null(ev) && k->type != PERCH_CFG_STRING) {
 		fail(ld, &ev->start_mark, "%s: missing value", path);
@@ -485,8 +484,8 @@ static void set_from_scalar(struct load *ld, const perch_cfg_key *k, const yaml_
 		return;
 	}
 	char why[256] = "";
-	perch_err err = set_value(k, scalar_is_null(ev) ? "" : scalar_text(ev), ld->out, false,
-				  why, sizeof why);
+	perch_err err = set_value(k, scalar_is_null(ev) ? "" : scalar_text(ev), ld->out, false, why,
+	                          sizeof why);
 	if (err == PERCH_ENOMEM)
 		ld->status = PERCH_ENOMEM;
 	else if (err != PERCH_OK)
@@ -508,7 +507,7 @@ static void set_from_sequence(struct load *ld, const perch_cfg_key *k, const cha
 		} else {
 			char why[256] = "";
 			perch_err err =
-				set_value(k, scalar_text(&ev), ld->out, true, why, sizeof why);
+			        set_value(k, scalar_text(&ev), ld->out, true, why, sizeof why);
 			if (err == PERCH_ENOMEM)
 				ld->status = PERCH_ENOMEM;
 			else if (err != PERCH_OK)
@@ -522,7 +521,7 @@ static void walk_mapping(struct load *ld, const char *prefix, int depth);
 
 /* walk_value handles the value node (its first event is ev) of key path. */
 static void walk_value(struct load *ld, const char *path, bool top, const yaml_event_t *key_ev,
-		       const yaml_event_t *ev, int depth)
+                       const yaml_event_t *ev, int depth)
 {
 	const perch_cfg_key *k = perch_cfg_find(ld->tbl, ld->n, path);
 	if (k != NULL) {
@@ -587,7 +586,7 @@ static void walk_mapping(struct load *ld, const char *prefix, int depth)
 		}
 		char path[PATH_MAX_LEN];
 		int w = snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "",
-				 scalar_text(&kev));
+		                 scalar_text(&kev));
 		if (!next_event(ld, &vev)) {
 			yaml_event_delete(&kev);
 			break;
@@ -619,11 +618,11 @@ static void walk_mapping(struct load *ld, const char *prefix, int depth)
 }
 
 perch_err perch_cfg_load_buffer(const perch_cfg_key *tbl, size_t n, const char *const *foreign,
-				const char *name, const char *data, size_t len, void *out,
-				perch_cfg_errors *errs)
+                                const char *name, const char *data, size_t len, void *out,
+                                perch_cfg_errors *errs)
 {
-	struct load ld = {.tbl = tbl, .n = n, .foreign = foreign, .name = name, .out = out,
-			  .errs = errs};
+	struct load ld = {
+	        .tbl = tbl, .n = n, .foreign = foreign, .name = name, .out = out, .errs = errs};
 	if (len > PERCH_CFG_MAX_FILE) {
 		add_error(errs, name, NULL, "file larger than %u bytes", PERCH_CFG_MAX_FILE);
 		return PERCH_ETOOBIG;
@@ -661,7 +660,7 @@ perch_err perch_cfg_load_buffer(const perch_cfg_key *tbl, size_t n, const char *
 }
 
 perch_err perch_cfg_load_file(const perch_cfg_key *tbl, size_t n, const char *const *foreign,
-			      const char *path, void *out, perch_cfg_errors *errs)
+                              const char *path, void *out, perch_cfg_errors *errs)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -694,7 +693,7 @@ perch_err perch_cfg_load_file(const perch_cfg_key *tbl, size_t n, const char *co
 			continue;
 		if (r <= 0) {
 			add_error(errs, path, NULL, "read failed: %s",
-				  r < 0 ? strerror(errno) : "file shrank");
+			          r < 0 ? strerror(errno) : "file shrank");
 			err = PERCH_EIO;
 			goto free_buf;
 		}

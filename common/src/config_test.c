@@ -32,14 +32,14 @@ static const char *const policies[] = {"refuse", "drop-oldest", NULL};
 
 #define F(x) offsetof(struct settings, x)
 static const perch_cfg_key table[] = {
-	{"hub.allow_anonymous", PERCH_CFG_BOOL, 0, 0, "false", F(anon), NULL, "anonymous"},
-	{"hub.port", PERCH_CFG_INT, 1, 65535, "8883", F(port), NULL, "port"},
-	{"hub.max_packet_size", PERCH_CFG_SIZE, 16, 268435455, "256KiB", F(max_packet), NULL, ""},
-	{"hub.keepalive", PERCH_CFG_DURATION, 100, 3600000, "60s", F(keepalive_ms), NULL, ""},
-	{"hub.data_dir", PERCH_CFG_STRING, 1, 1024, "/var/lib/perch", F(data_dir), NULL, ""},
-	{"hub.store.full_policy", PERCH_CFG_ENUM, 0, 0, "refuse", F(policy), policies, ""},
-	{"hub.listen", PERCH_CFG_STRLIST, 0, 4, NULL, F(listen), NULL, ""},
-	{"device.id", PERCH_CFG_STRING, 0, 128, NULL, F(device_id), NULL, ""},
+        {"hub.allow_anonymous", PERCH_CFG_BOOL, 0, 0, "false", F(anon), NULL, "anonymous"},
+        {"hub.port", PERCH_CFG_INT, 1, 65535, "8883", F(port), NULL, "port"},
+        {"hub.max_packet_size", PERCH_CFG_SIZE, 16, 268435455, "256KiB", F(max_packet), NULL, ""},
+        {"hub.keepalive", PERCH_CFG_DURATION, 100, 3600000, "60s", F(keepalive_ms), NULL, ""},
+        {"hub.data_dir", PERCH_CFG_STRING, 1, 1024, "/var/lib/perch", F(data_dir), NULL, ""},
+        {"hub.store.full_policy", PERCH_CFG_ENUM, 0, 0, "refuse", F(policy), policies, ""},
+        {"hub.listen", PERCH_CFG_STRLIST, 0, 4, NULL, F(listen), NULL, ""},
+        {"device.id", PERCH_CFG_STRING, 0, 128, NULL, F(device_id), NULL, ""},
 };
 #define NKEYS (sizeof table / sizeof table[0])
 static const char *const foreign[] = {"agent", "cloud", NULL};
@@ -50,7 +50,7 @@ static perch_err load(const char *yaml, struct settings *s, perch_cfg_errors *er
 	memset(errs, 0, sizeof *errs);
 	assert_int_equal(perch_cfg_defaults(table, NKEYS, s), PERCH_OK);
 	perch_err e = perch_cfg_load_buffer(table, NKEYS, foreign, "test.yaml", yaml, strlen(yaml),
-					    s, errs);
+	                                    s, errs);
 	for (size_t i = 0; i < errs->n; i++)
 		print_message("config error: %s\n", errs->msg[i]);
 	return e;
@@ -93,21 +93,21 @@ static void test_all_types(void **state)
 	struct settings s;
 	perch_cfg_errors errs;
 	const char *y = "# a comment\n"
-			"device:\n"
-			"  id: plant-7-gw\n"
-			"hub:\n"
-			"  allow_anonymous: yes\n"
-			"  port: 1883\n"
-			"  max_packet_size: 1MiB\n"
-			"  keepalive: 250ms\n"
-			"  data_dir: \"/tmp/perch data\"\n"
-			"  store:\n"
-			"    full_policy: drop-oldest\n"
-			"  listen:\n"
-			"    - ws://127.0.0.1:8080\n"
-			"    - mqtt://0.0.0.0:1883\n"
-			"agent:\n"
-			"  anything: [1, 2, {deep: true}]\n";
+	                "device:\n"
+	                "  id: plant-7-gw\n"
+	                "hub:\n"
+	                "  allow_anonymous: yes\n"
+	                "  port: 1883\n"
+	                "  max_packet_size: 1MiB\n"
+	                "  keepalive: 250ms\n"
+	                "  data_dir: \"/tmp/perch data\"\n"
+	                "  store:\n"
+	                "    full_policy: drop-oldest\n"
+	                "  listen:\n"
+	                "    - ws://127.0.0.1:8080\n"
+	                "    - mqtt://0.0.0.0:1883\n"
+	                "agent:\n"
+	                "  anything: [1, 2, {deep: true}]\n";
 	assert_int_equal(load(y, &s, &errs), PERCH_OK);
 	assert_int_equal(errs.n, 0);
 	assert_true(s.anon);
@@ -128,22 +128,23 @@ static void test_every_error_reported_with_position(void **state)
 	struct settings s;
 	perch_cfg_errors errs;
 	const char *y = "hub:\n"
-			"  port: 70000\n"          /* line 2: range */
-			"  keepalive: soon\n"      /* line 3: type */
-			"  colour: blue\n"         /* line 4: unknown */
-			"  allow_anonymous: maybe\n" /* line 5: bool */
-			"  store:\n"
-			"    full_policy: panic\n" /* line 7: enum */
-			"  port: 1\n"              /* line 8: duplicate */
-			"  listen: {a: b}\n"       /* line 9: shape */
-			"extra: 1\n";              /* line 10: unknown top-level */
+	                "  port: 70000\n"            /* line 2: range */
+	                "  keepalive: soon\n"        /* line 3: type */
+	                "  colour: blue\n"           /* line 4: unknown */
+	                "  allow_anonymous: maybe\n" /* line 5: bool */
+	                "  store:\n"
+	                "    full_policy: panic\n" /* line 7: enum */
+	                "  port: 1\n"              /* line 8: duplicate */
+	                "  listen: {a: b}\n"       /* line 9: shape */
+	                "extra: 1\n";              /* line 10: unknown top-level */
 	assert_int_equal(load(y, &s, &errs), PERCH_ECONFIG);
 	assert_true(has_error(&errs, "test.yaml:2:9: hub.port: out of range 1..65535"));
 	assert_true(has_error(&errs, "test.yaml:3:14: hub.keepalive: expected a duration"));
 	assert_true(has_error(&errs, "test.yaml:4:3: unknown key 'hub.colour'"));
-	assert_true(has_error(&errs, "test.yaml:5:20: hub.allow_anonymous: expected true or false"));
+	assert_true(
+	        has_error(&errs, "test.yaml:5:20: hub.allow_anonymous: expected true or false"));
 	assert_true(has_error(&errs, "test.yaml:7:18: hub.store.full_policy: expected one of: "
-				     "refuse drop-oldest"));
+	                             "refuse drop-oldest"));
 	assert_true(has_error(&errs, "test.yaml:8:3: duplicate key 'hub.port'"));
 	assert_true(has_error(&errs, "test.yaml:9:11: hub.listen: expected a list of strings"));
 	assert_true(has_error(&errs, "test.yaml:10:1: unknown key 'extra'"));
@@ -181,7 +182,7 @@ static void test_aliases_refused(void **state)
 	struct settings s;
 	perch_cfg_errors errs;
 	const char *y = "hub:\n  data_dir: &d /x\n"
-			"device:\n  id: *d\n";
+	                "device:\n  id: *d\n";
 	assert_int_equal(load(y, &s, &errs), PERCH_ECONFIG);
 	assert_true(has_error(&errs, "test.yaml:4:7: YAML aliases are not supported"));
 	done(&s, &errs);
@@ -203,9 +204,9 @@ static void test_deep_and_many_errors(void **state)
 	assert_int_equal(errs.dropped, 100 - PERCH_CFG_MAX_ERRORS);
 	done(&s, &errs);
 	/* Unknown deep nesting inside a foreign section is skipped whole. */
-	assert_int_equal(load("agent: {a: {b: {c: {d: {e: {f: {g: {h: {i: {j: 1}}}}}}}}}}\n", &s,
-			      &errs),
-			 PERCH_OK);
+	assert_int_equal(
+	        load("agent: {a: {b: {c: {d: {e: {f: {g: {h: {i: {j: 1}}}}}}}}}}\n", &s, &errs),
+	        PERCH_OK);
 	done(&s, &errs);
 }
 
@@ -216,26 +217,27 @@ static void test_set_flags(void **state)
 	char err[256];
 	assert_int_equal(perch_cfg_defaults(table, NKEYS, &s), PERCH_OK);
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.port", "1884", &s, err, sizeof err),
-			 PERCH_OK);
+	                 PERCH_OK);
 	assert_int_equal(s.port, 1884);
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.listen", "ws://a:1", &s, err, sizeof err),
-			 PERCH_OK);
+	                 PERCH_OK);
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.listen", "ws://b:2", &s, err, sizeof err),
-			 PERCH_OK);
+	                 PERCH_OK);
 	assert_int_equal(s.listen.n, 2);
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.port", "0", &s, err, sizeof err),
-			 PERCH_ERANGE);
+	                 PERCH_ERANGE);
 	assert_string_equal(err, "hub.port: out of range 1..65535");
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.nope", "1", &s, err, sizeof err),
-			 PERCH_ENOENT);
+	                 PERCH_ENOENT);
 	assert_string_equal(err, "unknown setting 'hub.nope'");
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.data_dir", "", &s, err, sizeof err),
-			 PERCH_ERANGE);
+	                 PERCH_ERANGE);
 	for (int i = 0; i < 2; i++)
-		assert_int_equal(perch_cfg_set(table, NKEYS, "hub.listen", "x", &s, err, sizeof err),
-				 PERCH_OK);
+		assert_int_equal(
+		        perch_cfg_set(table, NKEYS, "hub.listen", "x", &s, err, sizeof err),
+		        PERCH_OK);
 	assert_int_equal(perch_cfg_set(table, NKEYS, "hub.listen", "x", &s, err, sizeof err),
-			 PERCH_ERANGE);
+	                 PERCH_ERANGE);
 	perch_cfg_free(table, NKEYS, &s);
 	assert_null(s.data_dir);
 }
@@ -278,7 +280,7 @@ static void test_file(void **state)
 	perch_cfg_errors errs = {0};
 	assert_int_equal(perch_cfg_defaults(table, NKEYS, &s), PERCH_OK);
 	assert_int_equal(perch_cfg_load_file(table, NKEYS, foreign, path, &s, &errs),
-			 PERCH_ECONFIG);
+	                 PERCH_ECONFIG);
 	char want[128];
 	snprintf(want, sizeof want, "%s:2:9: hub.port: out of range", path);
 	assert_true(has_error(&errs, want));
@@ -305,7 +307,7 @@ static void test_alloc_failures(void **state)
 		perch_err e = perch_cfg_defaults(table, NKEYS, &s);
 		if (e == PERCH_OK)
 			e = perch_cfg_load_buffer(table, NKEYS, foreign, "t", y, strlen(y), &s,
-						  &errs);
+			                          &errs);
 		perch_alloc_fail_after(-1);
 		assert_true(e == PERCH_OK || e == PERCH_ENOMEM || e == PERCH_ECONFIG);
 		perch_cfg_free(table, NKEYS, &s);
@@ -317,16 +319,16 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_defaults),
-		cmocka_unit_test(test_all_types),
-		cmocka_unit_test(test_every_error_reported_with_position),
-		cmocka_unit_test(test_syntax_error),
-		cmocka_unit_test(test_aliases_refused),
-		cmocka_unit_test(test_deep_and_many_errors),
-		cmocka_unit_test(test_set_flags),
-		cmocka_unit_test(test_value_parsers),
-		cmocka_unit_test(test_file),
-		cmocka_unit_test(test_alloc_failures),
+	        cmocka_unit_test(test_defaults),
+	        cmocka_unit_test(test_all_types),
+	        cmocka_unit_test(test_every_error_reported_with_position),
+	        cmocka_unit_test(test_syntax_error),
+	        cmocka_unit_test(test_aliases_refused),
+	        cmocka_unit_test(test_deep_and_many_errors),
+	        cmocka_unit_test(test_set_flags),
+	        cmocka_unit_test(test_value_parsers),
+	        cmocka_unit_test(test_file),
+	        cmocka_unit_test(test_alloc_failures),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

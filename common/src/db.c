@@ -68,7 +68,7 @@ perch_err perch_db_exec(perch_db *db, const char *sql)
 	if (rc != SQLITE_OK) {
 		perch_err err = conn_err(db->conn, rc);
 		PERCH_ERROR(LOG_MOD, "%s: %.60s%s", msg ? msg : sqlite3_errstr(rc), sql,
-			    strlen(sql) > 60 ? "..." : "");
+		            strlen(sql) > 60 ? "..." : "");
 		sqlite3_free(msg);
 		return err;
 	}
@@ -94,14 +94,14 @@ perch_err perch_db_open(const char *path, const perch_db_options *opt, perch_db 
 	perch_db *db = perch_calloc(1, sizeof *db);
 	if (db == NULL)
 		return PERCH_ENOMEM;
-	int flags = opt->read_only ? SQLITE_OPEN_READONLY
-				   : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+	int flags =
+	        opt->read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
 	int rc = sqlite3_open_v2(path, &db->conn, flags | SQLITE_OPEN_NOMUTEX, NULL);
 	perch_err err;
 	if (rc != SQLITE_OK) {
 		err = db->conn ? conn_err(db->conn, rc) : PERCH_ENOMEM;
 		PERCH_ERROR(LOG_MOD, "cannot open %s: %s", path,
-			    db->conn ? sqlite3_errmsg(db->conn) : "out of memory");
+		            db->conn ? sqlite3_errmsg(db->conn) : "out of memory");
 		goto close;
 	}
 	sqlite3_extended_result_codes(db->conn, 1);
@@ -116,7 +116,7 @@ perch_err perch_db_open(const char *path, const perch_db_options *opt, perch_db 
 	if (err == PERCH_OK && opt->max_pages > 0) {
 		char pragma[64];
 		snprintf(pragma, sizeof pragma, "PRAGMA max_page_count=%lld",
-			 (long long)opt->max_pages);
+		         (long long)opt->max_pages);
 		err = perch_db_exec(db, pragma);
 	}
 	if (err != PERCH_OK) {
@@ -190,7 +190,7 @@ void perch_db_rollback(perch_db *db)
 
 perch_err perch_db_user_version(perch_db *db, int *version)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	perch_err err = perch_db_stmt(db, "PRAGMA user_version", &s);
 	if (err != PERCH_OK)
 		return err;
@@ -207,7 +207,7 @@ perch_err perch_db_user_version(perch_db *db, int *version)
 
 perch_err perch_db_migrate(perch_db *db, const perch_db_migration *steps, size_t n, int *applied)
 {
-	int have;
+	int have = 0;
 	perch_err err = perch_db_user_version(db, &have);
 	if (applied != NULL)
 		*applied = 0;
@@ -215,7 +215,7 @@ perch_err perch_db_migrate(perch_db *db, const perch_db_migration *steps, size_t
 		return err;
 	if (have < 0 || (size_t)have > n) {
 		PERCH_ERROR(LOG_MOD, "schema version %d is newer than this program knows (%zu)",
-			    have, n);
+		            have, n);
 		return PERCH_EUNSUPPORTED;
 	}
 	for (size_t i = (size_t)have; i < n; i++) {
@@ -235,7 +235,7 @@ perch_err perch_db_migrate(perch_db *db, const perch_db_migration *steps, size_t
 		if (err != PERCH_OK) {
 			perch_db_rollback(db);
 			PERCH_ERROR(LOG_MOD, "migration to schema version %d failed: %s",
-				    steps[i].version, perch_strerror(err));
+			            steps[i].version, perch_strerror(err));
 			return err;
 		}
 		if (applied != NULL)

@@ -37,8 +37,8 @@ static int teardown(void **state)
 }
 
 static const perch_db_migration steps[] = {
-	{1, "CREATE TABLE msg(id INTEGER PRIMARY KEY, body BLOB NOT NULL);"},
-	{2, "ALTER TABLE msg ADD COLUMN ttl INTEGER; CREATE INDEX msg_ttl ON msg(ttl);"},
+        {1, "CREATE TABLE msg(id INTEGER PRIMARY KEY, body BLOB NOT NULL);"},
+        {2, "ALTER TABLE msg ADD COLUMN ttl INTEGER; CREATE INDEX msg_ttl ON msg(ttl);"},
 };
 
 static int64_t pragma_int(perch_db *db, const char *sql)
@@ -86,8 +86,8 @@ static void test_failed_migration_rolls_back(void **state)
 	(void)state;
 	unlink(path);
 	static const perch_db_migration bad[] = {
-		{1, "CREATE TABLE a(x);"},
-		{2, "CREATE TABLE b(y); CREATE TABLE a(x);"}, /* second half fails */
+	        {1, "CREATE TABLE a(x);"},
+	        {2, "CREATE TABLE b(y); CREATE TABLE a(x);"}, /* second half fails */
 	};
 	perch_db *db;
 	assert_int_equal(perch_db_open(path, NULL, &db), PERCH_OK);
@@ -128,7 +128,7 @@ static void test_statement_cache(void **state)
 	assert_int_equal(perch_db_stmt(db, "SELEKT nothing", &b), PERCH_EDB);
 	/* A constraint violation maps to PERCH_EEXIST. */
 	assert_int_equal(perch_db_exec(db, "INSERT INTO msg(id, body) VALUES(1, 'y')"),
-			 PERCH_EEXIST);
+	                 PERCH_EEXIST);
 	perch_db_close(db);
 }
 
@@ -148,7 +148,7 @@ static void test_full(void **state)
 	assert_true(pragma_int(db, "SELECT count(*) FROM msg") > 0);
 	assert_int_equal(perch_db_exec(db, "DELETE FROM msg"), PERCH_OK);
 	assert_int_equal(perch_db_exec(db, "INSERT INTO msg(body) VALUES(zeroblob(1000))"),
-			 PERCH_OK);
+	                 PERCH_OK);
 	perch_db_close(db);
 }
 
@@ -192,12 +192,12 @@ static void test_err_map(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_open_and_migrate),
-		cmocka_unit_test(test_failed_migration_rolls_back),
-		cmocka_unit_test(test_statement_cache),
-		cmocka_unit_test(test_full),
-		cmocka_unit_test(test_corrupt_moved_aside),
-		cmocka_unit_test(test_err_map),
+	        cmocka_unit_test(test_open_and_migrate),
+	        cmocka_unit_test(test_failed_migration_rolls_back),
+	        cmocka_unit_test(test_statement_cache),
+	        cmocka_unit_test(test_full),
+	        cmocka_unit_test(test_corrupt_moved_aside),
+	        cmocka_unit_test(test_err_map),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -31,8 +31,8 @@ static const struct {
 	const char *name;
 	perch_log_level level;
 } level_names[] = {
-	{"error", PERCH_LOG_ERROR}, {"warn", PERCH_LOG_WARN},   {"warning", PERCH_LOG_WARN},
-	{"notice", PERCH_LOG_NOTICE}, {"info", PERCH_LOG_INFO}, {"debug", PERCH_LOG_DEBUG},
+        {"error", PERCH_LOG_ERROR},   {"warn", PERCH_LOG_WARN}, {"warning", PERCH_LOG_WARN},
+        {"notice", PERCH_LOG_NOTICE}, {"info", PERCH_LOG_INFO}, {"debug", PERCH_LOG_DEBUG},
 };
 
 perch_err perch_log_parse_level(const char *name, perch_log_level *level)
@@ -67,14 +67,14 @@ static const struct {
 	const char *marker;
 	const char *stops; /* characters that end the value */
 } secret_markers[] = {
-	{"SharedAccessSignature ", " \t\"',"},
-	{"sig=", "&; \t\"',"},
-	{"SharedAccessKey=", "&; \t\"',"},
-	{"password=", "&; \t\"',"},
-	{"\"password\":", ",}"},
-	{"\"password\": ", ",}"},
-	{"X-Registry-Auth:", "\r\n"},
-	{"Authorization:", "\r\n"},
+        {"SharedAccessSignature ", " \t\"',"},
+        {"sig=", "&; \t\"',"},
+        {"SharedAccessKey=", "&; \t\"',"},
+        {"password=", "&; \t\"',"},
+        {"\"password\":", ",}"},
+        {"\"password\": ", ",}"},
+        {"X-Registry-Auth:", "\r\n"},
+        {"Authorization:", "\r\n"},
 };
 
 static const char REDACTED[] = "<redacted>";
@@ -89,8 +89,8 @@ void perch_log_redact(char *line, size_t cap)
 		while ((p = strcasestr(p, marker)) != NULL) {
 			char *val = p + mlen;
 			size_t vlen = strcspn(val, secret_markers[m].stops);
-			if (vlen == 0 || (vlen == sizeof REDACTED - 1 &&
-					  memcmp(val, REDACTED, vlen) == 0)) {
+			if (vlen == 0 ||
+			    (vlen == sizeof REDACTED - 1 && memcmp(val, REDACTED, vlen) == 0)) {
 				p = val;
 				continue;
 			}
@@ -123,10 +123,10 @@ void perch_log(perch_log_level level, const char *module, const char *fmt, ...)
 		struct tm tm;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
-		w = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
-			     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-			     tm.tm_sec, ts.tv_nsec / 1000000, level_tag(level),
-			     module ? module : "perch");
+		w = snprintf(line, sizeof line,
+		             "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ", tm.tm_year + 1900,
+		             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		             ts.tv_nsec / 1000000, level_tag(level), module ? module : "perch");
 	}
 	if (w < 0)
 		return;

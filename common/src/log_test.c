@@ -82,7 +82,8 @@ static void redact(const char *in, const char *want)
 static void test_redaction(void **state)
 {
 	(void)state;
-	redact("token SharedAccessSignature sr=h%2Fdevices%2Fd&sig=abcdefghijklmnopqrstuvwxyz%3D&se=1 "
+	redact("token SharedAccessSignature "
+	       "sr=h%2Fdevices%2Fd&sig=abcdefghijklmnopqrstuvwxyz%3D&se=1 "
 	       "rest",
 	       "token SharedAccessSignature <redacted> rest");
 	redact("sr=x&sig=QUJDREVGR0hJSktMTU5PUA%3D%3D&se=99", "sr=x&sig=<redacted>&se=99");
@@ -143,12 +144,12 @@ static void test_strerror(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_levels_and_format),
-		cmocka_unit_test(test_one_line_per_call),
-		cmocka_unit_test(test_redaction),
-		cmocka_unit_test(test_log_never_prints_secret),
-		cmocka_unit_test(test_journald_prefix),
-		cmocka_unit_test(test_strerror),
+	        cmocka_unit_test(test_levels_and_format),
+	        cmocka_unit_test(test_one_line_per_call),
+	        cmocka_unit_test(test_redaction),
+	        cmocka_unit_test(test_log_never_prints_secret),
+	        cmocka_unit_test(test_journald_prefix),
+	        cmocka_unit_test(test_strerror),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

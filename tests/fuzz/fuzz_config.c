@@ -25,13 +25,13 @@ struct fz {
 static const char *const choices[] = {"a", "b", NULL};
 #define F(x) offsetof(struct fz, x)
 static const perch_cfg_key table[] = {
-	{"hub.b", PERCH_CFG_BOOL, 0, 0, "true", F(b), NULL, ""},
-	{"hub.i", PERCH_CFG_INT, -5, 5, "1", F(i), NULL, ""},
-	{"hub.d", PERCH_CFG_DURATION, 0, 0, "1s", F(d), NULL, ""},
-	{"hub.z", PERCH_CFG_SIZE, 0, 0, "1k", F(z), NULL, ""},
-	{"hub.deep.s", PERCH_CFG_STRING, 0, 64, "x", F(s), NULL, ""},
-	{"e", PERCH_CFG_ENUM, 0, 0, "a", F(e), choices, ""},
-	{"hub.l", PERCH_CFG_STRLIST, 0, 8, NULL, F(l), NULL, ""},
+        {"hub.b", PERCH_CFG_BOOL, 0, 0, "true", F(b), NULL, ""},
+        {"hub.i", PERCH_CFG_INT, -5, 5, "1", F(i), NULL, ""},
+        {"hub.d", PERCH_CFG_DURATION, 0, 0, "1s", F(d), NULL, ""},
+        {"hub.z", PERCH_CFG_SIZE, 0, 0, "1k", F(z), NULL, ""},
+        {"hub.deep.s", PERCH_CFG_STRING, 0, 64, "x", F(s), NULL, ""},
+        {"e", PERCH_CFG_ENUM, 0, 0, "a", F(e), choices, ""},
+        {"hub.l", PERCH_CFG_STRLIST, 0, 8, NULL, F(l), NULL, ""},
 };
 static const char *const foreign[] = {"agent", NULL};
 
@@ -44,8 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n = sizeof table / sizeof table[0];
 	if (perch_cfg_defaults(table, n, &s) != PERCH_OK)
 		abort();
-	perch_err e = perch_cfg_load_buffer(table, n, foreign, "fuzz", (const char *)data, size,
-					    &s, &errs);
+	perch_err e = perch_cfg_load_buffer(table, n, foreign, "fuzz", (const char *)data, size, &s,
+	                                    &errs);
 	if (e != PERCH_OK && e != PERCH_ECONFIG && e != PERCH_ETOOBIG && e != PERCH_ENOMEM)
 		abort();
 	if ((e == PERCH_ECONFIG) != (errs.n > 0 && e != PERCH_OK))

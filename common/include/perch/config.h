@@ -54,7 +54,7 @@ typedef struct perch_strlist {
 } perch_strlist;
 
 typedef struct perch_cfg_key {
-	const char *name;           /* dotted path, e.g. "hub.data_dir" */
+	const char *name; /* dotted path, e.g. "hub.data_dir" */
 	perch_cfg_type type;
 	int64_t min, max;           /* INT/SIZE/DURATION(ms): value range; STRING: length
 				       range; STRLIST: item count range. 0,0: the defaults */
@@ -88,15 +88,15 @@ PERCH_MUST_USE perch_err perch_cfg_defaults(const perch_cfg_key *tbl, size_t n, 
  * a file that cannot be read (also in errs), or PERCH_ENOMEM.
  */
 PERCH_MUST_USE perch_err perch_cfg_load_file(const perch_cfg_key *tbl, size_t n,
-					     const char *const *foreign, const char *path,
-					     void *out, perch_cfg_errors *errs);
+                                             const char *const *foreign, const char *path,
+                                             void *out, perch_cfg_errors *errs);
 
 /* perch_cfg_load_buffer is perch_cfg_load_file for len bytes of YAML in data;
  * name is used in error messages in place of a file name. */
 PERCH_MUST_USE perch_err perch_cfg_load_buffer(const perch_cfg_key *tbl, size_t n,
-					       const char *const *foreign, const char *name,
-					       const char *data, size_t len, void *out,
-					       perch_cfg_errors *errs);
+                                               const char *const *foreign, const char *name,
+                                               const char *data, size_t len, void *out,
+                                               perch_cfg_errors *errs);
 
 /*
  * perch_cfg_set sets the key named name from the text value (a command-line
@@ -105,7 +105,7 @@ PERCH_MUST_USE perch_err perch_cfg_load_buffer(const perch_cfg_key *tbl, size_t 
  * PERCH_ERANGE (bad value) or PERCH_ENOMEM.
  */
 PERCH_MUST_USE perch_err perch_cfg_set(const perch_cfg_key *tbl, size_t n, const char *name,
-				       const char *value, void *out, char *err, size_t cap);
+                                       const char *value, void *out, char *err, size_t cap);
 
 /* perch_cfg_find returns the row for name, or NULL. */
 const perch_cfg_key *perch_cfg_find(const perch_cfg_key *tbl, size_t n, const char *name);

@@ -39,8 +39,8 @@ typedef enum perch_db_sync {
 
 typedef struct perch_db_options {
 	perch_db_sync sync;
-	int busy_timeout_ms;    /* 0: 5000 */
-	int64_t max_pages;      /* 0: no limit; else PRAGMA max_page_count */
+	int busy_timeout_ms; /* 0: 5000 */
+	int64_t max_pages;   /* 0: no limit; else PRAGMA max_page_count */
 	bool read_only;
 } perch_db_options;
 
@@ -58,7 +58,7 @@ typedef struct perch_db_migration {
  * PERCH_EBUSY or PERCH_EDB; the reason is logged.
  */
 PERCH_MUST_USE perch_err perch_db_open(const char *path, const perch_db_options *opt,
-				       perch_db **out);
+                                       perch_db **out);
 
 /* perch_db_close finalises cached statements and closes; NULL is fine. */
 void perch_db_close(perch_db *db);
@@ -94,7 +94,7 @@ void perch_db_rollback(perch_db *db);
  * number of steps run.
  */
 PERCH_MUST_USE perch_err perch_db_migrate(perch_db *db, const perch_db_migration *steps, size_t n,
-					  int *applied);
+                                          int *applied);
 
 /* perch_db_user_version reads PRAGMA user_version into *version. */
 PERCH_MUST_USE perch_err perch_db_user_version(perch_db *db, int *version);

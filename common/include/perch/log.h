@@ -33,23 +33,22 @@ perch_log_level perch_log_get_level(void);
 
 /* perch_log_parse_level reads "error", "warn", "notice", "info" or "debug".
  * Returns PERCH_EINVAL for anything else. */
-PERCH_MUST_USE perch_err perch_log_parse_level(const char *name,
-					       perch_log_level *level);
+PERCH_MUST_USE perch_err perch_log_parse_level(const char *name, perch_log_level *level);
 
 /* perch_log writes one line at level for module (e.g. "hub.session"), if the
  * level is enabled. A trailing newline in fmt is not needed. Any thread. */
-__attribute__((format(printf, 3, 4))) void
-perch_log(perch_log_level level, const char *module, const char *fmt, ...);
+__attribute__((format(printf, 3, 4))) void perch_log(perch_log_level level, const char *module,
+                                                     const char *fmt, ...);
 
 /* perch_log_redact masks secrets in the NUL-terminated line in place (the
  * masked line is never longer). Exposed for tests and for callers that build
  * text for other sinks (status reports). */
 void perch_log_redact(char *line, size_t cap);
 
-#define PERCH_ERROR(mod, ...) perch_log(PERCH_LOG_ERROR, mod, __VA_ARGS__)
-#define PERCH_WARN(mod, ...) perch_log(PERCH_LOG_WARN, mod, __VA_ARGS__)
+#define PERCH_ERROR(mod, ...)  perch_log(PERCH_LOG_ERROR, mod, __VA_ARGS__)
+#define PERCH_WARN(mod, ...)   perch_log(PERCH_LOG_WARN, mod, __VA_ARGS__)
 #define PERCH_NOTICE(mod, ...) perch_log(PERCH_LOG_NOTICE, mod, __VA_ARGS__)
-#define PERCH_INFO(mod, ...) perch_log(PERCH_LOG_INFO, mod, __VA_ARGS__)
-#define PERCH_DEBUG(mod, ...) perch_log(PERCH_LOG_DEBUG, mod, __VA_ARGS__)
+#define PERCH_INFO(mod, ...)   perch_log(PERCH_LOG_INFO, mod, __VA_ARGS__)
+#define PERCH_DEBUG(mod, ...)  perch_log(PERCH_LOG_DEBUG, mod, __VA_ARGS__)
 
 #endif /* PERCH_LOG_H */
