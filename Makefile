@@ -173,7 +173,7 @@ lint:
 	@echo "cppcheck"; cppcheck --quiet --error-exitcode=1 --inline-suppr \
 	  --enable=warning,performance,portability --std=c11 \
 	  --suppress=missingIncludeSystem $(INCS) -D__GNUC__ $(filter %.c,$(C_FILES))
-	@echo "clang-tidy"; clang-tidy --quiet $(filter %.c,$(C_FILES)) -- $(CSTD) $(INCS) $(PKG_CFLAGS) 2>/dev/null \
+	@mkdir -p $(O); echo "clang-tidy"; clang-tidy --quiet $(filter %.c,$(C_FILES)) -- $(CSTD) $(INCS) $(PKG_CFLAGS) 2>/dev/null \
 	  | tee $(O)/clang-tidy.log; ! grep -q -E '(warning|error):' $(O)/clang-tidy.log
 	@echo "lint: clean"
 
