@@ -1,0 +1,200 @@
+/*
+ * perch-hub.c — the perch-hub program: reads its settings (config file,
+ * then flags), opens the store, starts the listeners, runs the loop until
+ * SIGTERM or SIGINT, then closes every connection and flushes the store.
+ *
+ * Exit codes: 0 after a signal; 1 when it cannot start (bad flag or
+ * setting, busy port, unusable data dir), with one line saying why; 2 for
+ * usage errors.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../src/hub.h"
+#include "../src/metrics.h"
+#include "perch/alloc.h"
+#include "perch/log.h"
+
+#define DEFAULT_CONFIG "/etc/perch/config.yaml"
+
+static hub the_hub;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	the_hub.stopping = 1;
+	if (the_hub.ctx != NULL)
+		lws_cancel_service(the_hub.ctx);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: perch-hub [--config FILE] [--listen URL]... [--data-dir DIR]\n"
+	        "                 [--allow-anonymous] [--metrics HOST:PORT] [--log-level LEVEL]\n"
+	        "                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
+	        "                 [--set KEY=VALUE]...\n"
+	        "\n"
+	        "perch-hub is Perch's local MQTT 3.1.1 broker: modules, leaf devices and the\n"
+	        "agent connect to it over WebSocket or TCP; every QoS 1 message it acknowledges\n"
+	        "is in its SQLite store first.\n"
+	        "\n"
+	        "  --config FILE       settings file (default %s, section hub:)\n"
+	        "  --listen URL        ws://, wss://, mqtt:// or mqtts://HOST:PORT (repeatable)\n"
+	        "  --data-dir DIR      where the store lives\n"
+	        "  --allow-anonymous   accept clients without credentials (default: refuse all)\n"
+	        "  --metrics HOST:PORT serve Prometheus metrics at http://HOST:PORT/metrics\n"
+	        "  --log-level LEVEL   error, warn, notice, info or debug\n"
+	        "  --tls-cert FILE     PEM certificate for wss:// and mqtts://\n"
+	        "  --tls-key FILE      PEM private key\n"
+	        "  --tls-client-ca FILE  ask clients for certificates signed by this CA\n"
+	        "  --set KEY=VALUE     any setting below, e.g. --set hub.max_inflight=200\n"
+	        "  --help, --version\n"
+	        "\nSettings (config file keys; flags override the file):\n",
+	        DEFAULT_CONFIG);
+	for (size_t i = 0; i < hub_settings_count; i++)
+		fprintf(f, "  %-26s %s%s%s%s\n", hub_settings_table[i].name,
+		        hub_settings_table[i].help, hub_settings_table[i].def ? " [default " : "",
+		        hub_settings_table[i].def ? hub_settings_table[i].def : "",
+		        hub_settings_table[i].def ? "]" : "");
+}
+
+/* One flag to apply after the config file. */
+typedef struct flag {
+	const char *key;
+	const char *value;
+} flag;
+
+static int fail_start(const char *what)
+{
+	PERCH_ERROR("hub", "perch-hub cannot start: %s", what);
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	        {"config", required_argument, NULL, 'c'},
+	        {"listen", required_argument, NULL, 'l'},
+	        {"data-dir", required_argument, NULL, 'd'},
+	        {"allow-anonymous", no_argument, NULL, 'a'},
+	        {"metrics", required_argument, NULL, 'm'},
+	        {"log-level", required_argument, NULL, 'v'},
+	        {"tls-cert", required_argument, NULL, 'C'},
+	        {"tls-key", required_argument, NULL, 'K'},
+	        {"tls-client-ca", required_argument, NULL, 'A'},
+	        {"set", required_argument, NULL, 's'},
+	        {"help", no_argument, NULL, 'h'},
+	        {"version", no_argument, NULL, 'V'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *config = NULL;
+	flag *flags = perch_calloc((size_t)argc + 1, sizeof *flags);
+	char **owned = perch_calloc((size_t)argc + 1, sizeof *owned);
+	size_t nflags = 0, nowned = 0;
+	if (flags == NULL || owned == NULL)
+		return 1;
+	int opt;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config = optarg; break;
+		case 'l': flags[nflags++] = (flag){"hub.listen", optarg}; break;
+		case 'd': flags[nflags++] = (flag){"hub.data_dir", optarg}; break;
+		case 'a': flags[nflags++] = (flag){"hub.allow_anonymous", "true"}; break;
+		case 'm': flags[nflags++] = (flag){"hub.metrics", optarg}; break;
+		case 'v': flags[nflags++] = (flag){"hub.log_level", optarg}; break;
+		case 'C': flags[nflags++] = (flag){"hub.tls.cert", optarg}; break;
+		case 'K': flags[nflags++] = (flag){"hub.tls.key", optarg}; break;
+		case 'A': flags[nflags++] = (flag){"hub.tls.client_ca", optarg}; break;
+		case 's': {
+			char *eq = strchr(optarg, '=');
+			if (eq == NULL) {
+				fprintf(stderr, "perch-hub: --set needs KEY=VALUE, got '%s'\n",
+				        optarg);
+				return 2;
+			}
+			char *key = perch_strndup(optarg, (size_t)(eq - optarg));
+			if (key == NULL)
+				return 1;
+			owned[nowned++] = key;
+			flags[nflags++] = (flag){key, eq + 1};
+			break;
+		}
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("perch-hub 0.1.0\n"); return 0;
+		default:
+			fprintf(stderr,
+			        "perch-hub: unknown or incomplete option '%s' (see --help)\n",
+			        argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "perch-hub: unexpected argument '%s' (see --help)\n", argv[optind]);
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	hub *h = &the_hub;
+	hub_metrics metrics = {0};
+	h->metrics = &metrics;
+	if (perch_cfg_defaults(hub_settings_table, hub_settings_count, &h->cfg) != PERCH_OK)
+		return fail_start("out of memory");
+	const char *path = config;
+	if (path == NULL && access(DEFAULT_CONFIG, F_OK) == 0)
+		path = DEFAULT_CONFIG;
+	if (path != NULL) {
+		perch_cfg_errors errs = {0};
+		perch_err err = perch_cfg_load_file(hub_settings_table, hub_settings_count,
+		                                    hub_foreign_sections, path, &h->cfg, &errs);
+		for (size_t i = 0; i < errs.n; i++)
+			PERCH_ERROR("hub", "%s", errs.msg[i]);
+		perch_cfg_errors_free(&errs);
+		if (err != PERCH_OK)
+			return fail_start("configuration file has errors (see above)");
+	}
+	for (size_t i = 0; i < nflags; i++) {
+		char why[300];
+		if (perch_cfg_set(hub_settings_table, hub_settings_count, flags[i].key,
+		                  flags[i].value, &h->cfg, why, sizeof why) != PERCH_OK)
+			return fail_start(why);
+	}
+	for (size_t i = 0; i < nowned; i++)
+		perch_free(owned[i]);
+	perch_free(owned);
+	perch_free(flags);
+	perch_log_level level;
+	if (perch_log_parse_level(h->cfg.log_level, &level) != PERCH_OK)
+		return fail_start("bad log level (error, warn, notice, info or debug)");
+	perch_log_set_level(level);
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	int rc = 0;
+	if (hub_broker_open(h) != PERCH_OK) {
+		rc = fail_start("the data dir or store is unusable (see above)");
+		goto out;
+	}
+	if (hub_listen_start(h) != PERCH_OK) {
+		rc = fail_start("a listener could not be opened (see above)");
+		goto out;
+	}
+	hub_listen_run(h);
+	PERCH_NOTICE("hub", "stopping: closing %zu connections and flushing the store", h->nconns);
+out:
+	hub_listen_stop(h);
+	hub_broker_close(h);
+	perch_cfg_free(hub_settings_table, hub_settings_count, &h->cfg);
+	if (rc == 0)
+		PERCH_NOTICE("hub", "stopped");
+	return rc;
+}

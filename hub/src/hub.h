@@ -1,0 +1,155 @@
+/*
+ * hub.h — perch-hub's private umbrella header: settings, the hub object,
+ * connections and the seams between the network layer (listen.c, conn.c),
+ * the broker (broker.c), the store (store.c) and metrics (metrics.c).
+ *
+ * Threading: everything here runs on the one libwebsockets loop thread,
+ * except the store's writer thread, which reaches the loop only through the
+ * store's completion queue and lws_cancel_service().
+ */
+#ifndef HUB_HUB_H
+#define HUB_HUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libwebsockets.h>
+
+#include "perch/config.h"
+#include "perch/err.h"
+#include "perch/mqtt.h"
+
+/* --- settings (settings.c) ------------------------------------------------ */
+
+typedef struct hub_settings {
+	perch_strlist listen; /* URLs: ws:// wss:// mqtt:// mqtts:// */
+	char *data_dir;       /* SQLite store lives here */
+	bool allow_anonymous; /* accept CONNECTs without credentials */
+	char *metrics;        /* HOST:PORT for /metrics, or NULL */
+	char *log_level;      /* error warn notice info debug */
+	char *tls_cert;       /* PEM server certificate (wss, mqtts) */
+	char *tls_key;        /* PEM private key */
+	char *tls_client_ca;  /* PEM CA for optional client certificates */
+	uint64_t max_packet_size;
+	uint64_t max_connect_size;
+	int64_t max_inflight;        /* unacknowledged QoS 1 deliveries per client */
+	int64_t max_queued_messages; /* per persistent session */
+	uint64_t max_queued_bytes;   /* per persistent session */
+	int64_t max_connections;
+	int64_t max_subscriptions;  /* per client */
+	uint64_t max_store_bytes;   /* the whole store */
+	uint64_t max_tx_bytes;      /* unsent bytes buffered per connection */
+	int64_t connect_timeout_ms; /* a socket must send CONNECT within this */
+	int sync;                   /* 0 full, 1 normal, 2 off */
+} hub_settings;
+
+extern const perch_cfg_key hub_settings_table[];
+extern const size_t hub_settings_count;
+extern const char *const hub_foreign_sections[];
+
+/* --- the hub ---------------------------------------------------------------- */
+
+struct hub_broker;
+struct hub_metrics;
+struct hub_conn;
+
+typedef struct hub {
+	hub_settings cfg;
+	struct lws_context *ctx;
+	struct hub_broker *broker;
+	struct hub_metrics *metrics;
+	size_t nconns;         /* live MQTT connections (any state) */
+	volatile int stopping; /* set by SIGTERM/SIGINT */
+} hub;
+
+/* --- connections (conn.c) ------------------------------------------------- */
+
+typedef enum hub_conn_state {
+	HUB_CONN_NEW = 0, /* socket open, no CONNECT yet */
+	HUB_CONN_ACTIVE,  /* CONNECT accepted */
+	HUB_CONN_CLOSING, /* flushing what is queued, then closed */
+} hub_conn_state;
+
+typedef struct hub_conn {
+	struct lws *wsi;
+	hub *hub;
+	bool ws; /* WebSocket (else raw TCP) */
+	bool tls;
+	bool counted; /* included in hub.nconns */
+	bool paused;  /* not read until the store catches up */
+	hub_conn_state state;
+	perch_mqtt_decoder dec;
+	struct hub_session *session; /* set once CONNECT is accepted */
+	uint16_t keepalive;          /* seconds, from CONNECT */
+	int64_t last_rx_ms;
+	char peer[64];       /* "ip:port" */
+	char client_id[128]; /* for logs, truncated */
+	/* Outgoing bytes: [tx_head, tx_len) pending; LWS_PRE bytes of headroom are
+	 * always before tx_head so WebSocket framing can be written in place. */
+	uint8_t *tx;
+	size_t tx_head, tx_len, tx_cap;
+	const char *close_reason; /* static text, set once when we decide to close */
+	char close_detail[160];
+	struct hub_conn *next, *prev; /* hub-wide list */
+} hub_conn;
+
+/* hub_conn_opened initialises c for a new socket; returns -1 to refuse it. */
+int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws);
+/* hub_conn_rx feeds received bytes; returns -1 when the connection must close. */
+int hub_conn_rx(hub_conn *c, const uint8_t *in, size_t len);
+/* hub_conn_writeable writes pending bytes; returns -1 to close. */
+int hub_conn_writeable(hub_conn *c);
+/* hub_conn_closed releases c (lws frees the memory after). */
+void hub_conn_closed(hub_conn *c);
+
+/* hub_conn_send appends bytes (one or more encoded packets, or parts of one)
+ * and asks for a writeable callback. Returns PERCH_ENOMEM or PERCH_ENOSPC
+ * (over max_tx_bytes unless force). */
+PERCH_MUST_USE perch_err hub_conn_send(hub_conn *c, const void *a, size_t alen, const void *b,
+                                       size_t blen, bool force);
+/* hub_conn_send_packet encodes pkt and appends it (force: ignores max_tx_bytes). */
+PERCH_MUST_USE perch_err hub_conn_send_packet(hub_conn *c, const perch_mqtt_packet *pkt);
+/* hub_conn_pending returns the bytes waiting to be written. */
+size_t hub_conn_pending(const hub_conn *c);
+/* hub_conn_close_soon logs why (once) and closes after what is queued is
+ * written. reason is static text; detail may be NULL. */
+void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail);
+
+/* --- the broker (broker.c) -------------------------------------------------- */
+
+PERCH_MUST_USE perch_err hub_broker_open(hub *h);
+void hub_broker_close(hub *h);
+/* One decoded packet from c. Returns -1 to close c now. */
+int hub_broker_packet(hub_conn *c, const perch_mqtt_packet *pkt);
+/* c is gone (closed by either side); abnormal: publish the will. */
+void hub_broker_disconnected(hub_conn *c, bool abnormal);
+/* After c's input was processed: pause reading it if the store lags. */
+void hub_broker_rx_done(hub_conn *c);
+/* c is closing: drop every reference the broker keeps to it. */
+void hub_broker_forget(hub_conn *c);
+/* c's send buffer drained: deliver more from its session's queue. */
+void hub_broker_drained(hub_conn *c);
+/* Once per loop iteration: hand the batch to the store, run completions. */
+void hub_broker_tick(hub *h);
+/* The store's writer thread finished a batch (called on the loop thread). */
+void hub_broker_wake(hub *h);
+
+/* For metrics: counts and the store (borrowed). */
+size_t hub_broker_sessions(const hub *h);
+size_t hub_broker_retained(const hub *h);
+size_t hub_broker_subscriptions(const hub *h);
+struct hub_store *hub_broker_store(const hub *h);
+
+/* --- listeners (listen.c) --------------------------------------------------- */
+
+/* hub_listen_start creates the context and every listener; logs the
+ * reason and returns an error if any listener cannot be opened. */
+PERCH_MUST_USE perch_err hub_listen_start(hub *h);
+void hub_listen_stop(hub *h);
+/* Runs the loop until h->stopping. */
+void hub_listen_run(hub *h);
+
+int64_t hub_now_ms(void);
+
+#endif /* HUB_HUB_H */

@@ -1,0 +1,267 @@
+/*
+ * metrics.c — perch-hub's counters and their Prometheus text rendering
+ * (served at /metrics by listen.c).
+ */
+#include "metrics.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "perch/alloc.h"
+#include "store.h"
+
+void hub_metrics_conn_opened(hub_metrics *m)
+{
+	m->clients_connected++;
+	m->connections_total++;
+}
+
+void hub_metrics_conn_closed(hub_metrics *m)
+{
+	if (m->clients_connected > 0)
+		m->clients_connected--;
+}
+
+void hub_metrics_rx_bytes(hub_metrics *m, size_t n)
+{
+	m->bytes_in += n;
+}
+
+void hub_metrics_tx_bytes(hub_metrics *m, size_t n)
+{
+	m->bytes_out += n;
+}
+
+void hub_metrics_msg_in(hub_metrics *m, int qos)
+{
+	m->msgs_in[qos ? 1 : 0]++;
+}
+
+void hub_metrics_msg_out(hub_metrics *m, int qos)
+{
+	m->msgs_out[qos ? 1 : 0]++;
+}
+
+static void bump(hub_metrics_label *labels, size_t *n, size_t cap, const char *label, uint64_t by)
+{
+	for (size_t i = 0; i < *n; i++) {
+		if (strcmp(labels[i].name, label) == 0) {
+			labels[i].count += by;
+			return;
+		}
+	}
+	if (*n == cap)
+		label = "other";
+	if (*n == cap) {
+		for (size_t i = 0; i < *n; i++)
+			if (strcmp(labels[i].name, "other") == 0) {
+				labels[i].count += by;
+				return;
+			}
+		(*n)--; /* make room for "other" in the last slot */
+	}
+	snprintf(labels[*n].name, sizeof labels[*n].name, "%s", label);
+	labels[*n].count = by;
+	(*n)++;
+}
+
+void hub_metrics_protocol_error(hub_metrics *m, const char *label)
+{
+	bump(m->errors, &m->nerrors, HUB_METRICS_MAX_LABELS, label, 1);
+}
+
+void hub_metrics_dropped(hub_metrics *m, const char *label, uint64_t n)
+{
+	bump(m->drops, &m->ndrops, sizeof m->drops / sizeof m->drops[0], label, n);
+}
+
+const char *hub_metrics_reason_label(perch_mqtt_reason r)
+{
+	/* Built once per reason from its text: "PUBLISH topic name contains a
+	 * wildcard" -> "publish_topic_name_contains_a_wildcard". */
+	static char labels[PERCH_MQTT_R_COUNT][72];
+	if ((unsigned)r >= PERCH_MQTT_R_COUNT)
+		return "other";
+	if (labels[r][0] == '\0') {
+		const char *t = perch_mqtt_reason_str(r);
+		size_t j = 0;
+		for (size_t i = 0; t[i] && j < sizeof labels[r] - 1; i++) {
+			unsigned char ch = (unsigned char)t[i];
+			if (isalnum(ch))
+				labels[r][j++] = (char)tolower(ch);
+			else if (j > 0 && labels[r][j - 1] != '_')
+				labels[r][j++] = '_';
+		}
+		while (j > 0 && labels[r][j - 1] == '_')
+			j--;
+		labels[r][j] = '\0';
+	}
+	return labels[r];
+}
+
+/* A growing text buffer. */
+typedef struct text {
+	char *p;
+	size_t len, cap;
+	bool failed;
+} text;
+
+__attribute__((format(printf, 2, 3))) static void put(text *t, const char *fmt, ...)
+{
+	if (t->failed)
+		return;
+	for (;;) {
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			t->failed = true;
+			return;
+		}
+		if ((size_t)n < t->cap - t->len) {
+			t->len += (size_t)n;
+			return;
+		}
+		size_t cap = t->cap * 2 + (size_t)n;
+		char *np = perch_realloc(t->p, cap);
+		if (np == NULL) {
+			t->failed = true;
+			return;
+		}
+		t->p = np;
+		t->cap = cap;
+	}
+}
+
+static void family(text *t, const char *name, const char *type, const char *help)
+{
+	put(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void labelled(text *t, const char *name, const char *help, const hub_metrics_label *labels,
+                     size_t n)
+{
+	family(t, name, "counter", help);
+	for (size_t i = 0; i < n; i++)
+		put(t, "%s{reason=\"%s\"} %llu\n", name, labels[i].name,
+		    (unsigned long long)labels[i].count);
+}
+
+typedef struct queue_sum {
+	uint64_t depth, bytes;
+} queue_sum;
+
+static void sum_queue(void *arg, hub_queue *q)
+{
+	queue_sum *s = arg;
+	hub_queue_stats qs;
+	hub_queue_get_stats(q, &qs);
+	s->depth += qs.depth;
+	s->bytes += qs.bytes;
+}
+
+perch_err hub_metrics_render(hub *h, char **body, size_t *len)
+{
+	hub_metrics *m = h->metrics;
+	text t = {.p = perch_malloc(8192), .cap = 8192};
+	if (t.p == NULL)
+		return PERCH_ENOMEM;
+	t.p[0] = '\0';
+	family(&t, "perch_hub_clients_connected", "gauge", "Client connections open now.");
+	put(&t, "perch_hub_clients_connected %llu\n", (unsigned long long)m->clients_connected);
+	family(&t, "perch_hub_connections_total", "counter", "Client connections accepted.");
+	put(&t, "perch_hub_connections_total %llu\n", (unsigned long long)m->connections_total);
+	family(&t, "perch_hub_sessions", "gauge",
+	       "Sessions known (persistent ones survive restarts).");
+	put(&t, "perch_hub_sessions %zu\n", hub_broker_sessions(h));
+	family(&t, "perch_hub_subscriptions", "gauge", "Subscriptions of all sessions.");
+	put(&t, "perch_hub_subscriptions %zu\n", hub_broker_subscriptions(h));
+	family(&t, "perch_hub_retained_messages", "gauge", "Retained messages.");
+	put(&t, "perch_hub_retained_messages %zu\n", hub_broker_retained(h));
+	family(&t, "perch_hub_messages_received_total", "counter", "PUBLISH packets received.");
+	for (int q = 0; q < 2; q++)
+		put(&t, "perch_hub_messages_received_total{qos=\"%d\"} %llu\n", q,
+		    (unsigned long long)m->msgs_in[q]);
+	family(&t, "perch_hub_messages_sent_total", "counter", "PUBLISH packets sent.");
+	for (int q = 0; q < 2; q++)
+		put(&t, "perch_hub_messages_sent_total{qos=\"%d\"} %llu\n", q,
+		    (unsigned long long)m->msgs_out[q]);
+	family(&t, "perch_hub_bytes_received_total", "counter", "Bytes read from clients.");
+	put(&t, "perch_hub_bytes_received_total %llu\n", (unsigned long long)m->bytes_in);
+	family(&t, "perch_hub_bytes_sent_total", "counter", "Bytes written to clients.");
+	put(&t, "perch_hub_bytes_sent_total %llu\n", (unsigned long long)m->bytes_out);
+
+	hub_store *st = hub_broker_store(h);
+	hub_store_stats ss = {0};
+	queue_sum qs = {0};
+	if (st != NULL) {
+		hub_store_get_stats(st, &ss);
+		hub_store_queue_each(st, sum_queue, &qs);
+	}
+	family(&t, "perch_hub_queue_messages", "gauge", "Messages queued in all store queues.");
+	put(&t, "perch_hub_queue_messages %llu\n", (unsigned long long)qs.depth);
+	family(&t, "perch_hub_queue_bytes", "gauge", "Bytes of the messages queued.");
+	put(&t, "perch_hub_queue_bytes %llu\n", (unsigned long long)qs.bytes);
+	family(&t, "perch_hub_store_bytes", "gauge", "Bytes of messages in the store.");
+	put(&t, "perch_hub_store_bytes %llu\n", (unsigned long long)ss.bytes);
+	family(&t, "perch_hub_store_max_bytes", "gauge", "The store's size limit.");
+	put(&t, "perch_hub_store_max_bytes %llu\n", (unsigned long long)ss.max_bytes);
+	family(&t, "perch_hub_store_commits_total", "counter", "Store transactions committed.");
+	put(&t, "perch_hub_store_commits_total %llu\n", (unsigned long long)ss.commits);
+	family(&t, "perch_hub_store_commit_failures_total", "counter",
+	       "Store commits that failed.");
+	put(&t, "perch_hub_store_commit_failures_total %llu\n",
+	    (unsigned long long)ss.commit_failures);
+	family(&t, "perch_hub_store_rows_written_total", "counter", "Rows written by commits.");
+	put(&t, "perch_hub_store_rows_written_total %llu\n", (unsigned long long)ss.rows_written);
+	family(&t, "perch_hub_store_elided_total", "counter",
+	       "Writes cancelled in memory (acknowledged before they reached the disk).");
+	put(&t, "perch_hub_store_elided_total %llu\n", (unsigned long long)ss.elided);
+	family(&t, "perch_hub_store_disk_full", "gauge",
+	       "1 while the last commit hit a full disk.");
+	put(&t, "perch_hub_store_disk_full %d\n", ss.disk_full ? 1 : 0);
+
+	family(&t, "perch_hub_commit_seconds", "histogram", "Store commit latency.");
+	uint64_t cum = 0;
+	for (size_t i = 0; i < HUB_STORE_LAT_BUCKETS; i++) {
+		cum += ss.lat_hist[i];
+		if (i + 1 < HUB_STORE_LAT_BUCKETS)
+			put(&t, "perch_hub_commit_seconds_bucket{le=\"%g\"} %llu\n",
+			    hub_store_lat_bounds_ms[i] / 1000.0, (unsigned long long)cum);
+		else
+			put(&t, "perch_hub_commit_seconds_bucket{le=\"+Inf\"} %llu\n",
+			    (unsigned long long)cum);
+	}
+	put(&t, "perch_hub_commit_seconds_sum %.6f\n", ss.lat_sum_ms / 1000.0);
+	put(&t, "perch_hub_commit_seconds_count %llu\n", (unsigned long long)cum);
+
+	hub_metrics_label drops[48];
+	size_t nd = 0;
+	memcpy(drops, m->drops, m->ndrops * sizeof drops[0]);
+	nd = m->ndrops;
+	const struct {
+		const char *name;
+		uint64_t n;
+	} store_drops[] = {{"expired", ss.drop_expired},
+	                   {"store_full_refused", ss.drop_store_full},
+	                   {"disk_full_refused", ss.drop_disk_full},
+	                   {"queue_full_refused", ss.drop_queue_full}};
+	for (size_t i = 0; i < sizeof store_drops / sizeof store_drops[0]; i++)
+		bump(drops, &nd, sizeof drops / sizeof drops[0], store_drops[i].name,
+		     store_drops[i].n);
+	labelled(&t, "perch_hub_dropped_total",
+	         "Messages not delivered or not accepted, by reason.", drops, nd);
+	labelled(&t, "perch_hub_protocol_errors_total",
+	         "Connections closed or refused for a protocol violation, by reason.", m->errors,
+	         m->nerrors);
+	if (t.failed) {
+		perch_free(t.p);
+		return PERCH_ENOMEM;
+	}
+	*body = t.p;
+	*len = t.len;
+	return PERCH_OK;
+}

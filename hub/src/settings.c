@@ -1,0 +1,54 @@
+/*
+ * settings.c — perch-hub's settings: the table that drives both the `hub:`
+ * section of /etc/perch/config.yaml and the command-line flags. Each row's
+ * help text is what `perch-hub --help` and docs/hub.md show.
+ */
+#include <stddef.h>
+
+#include "hub.h"
+
+static const char *const sync_modes[] = {"full", "normal", "off", NULL};
+
+#define F(x) offsetof(hub_settings, x)
+const perch_cfg_key hub_settings_table[] = {
+        {"hub.listen", PERCH_CFG_STRLIST, 0, 32, NULL, F(listen), NULL,
+         "listener URL: ws://, wss://, mqtt:// or mqtts://HOST:PORT (repeatable)"},
+        {"hub.data_dir", PERCH_CFG_STRING, 1, 1024, "/var/lib/perch/hub", F(data_dir), NULL,
+         "directory of the SQLite store"},
+        {"hub.allow_anonymous", PERCH_CFG_BOOL, 0, 0, "false", F(allow_anonymous), NULL,
+         "accept clients without credentials (off by default: everyone is refused)"},
+        {"hub.metrics", PERCH_CFG_STRING, 0, 256, NULL, F(metrics), NULL,
+         "HOST:PORT to serve Prometheus metrics at /metrics"},
+        {"hub.log_level", PERCH_CFG_STRING, 1, 16, "info", F(log_level), NULL,
+         "error, warn, notice, info or debug"},
+        {"hub.tls.cert", PERCH_CFG_STRING, 0, 1024, NULL, F(tls_cert), NULL,
+         "PEM server certificate for wss:// and mqtts:// listeners"},
+        {"hub.tls.key", PERCH_CFG_STRING, 0, 1024, NULL, F(tls_key), NULL, "PEM private key"},
+        {"hub.tls.client_ca", PERCH_CFG_STRING, 0, 1024, NULL, F(tls_client_ca), NULL,
+         "PEM CA bundle: ask clients for certificates (optional for them)"},
+        {"hub.max_packet_size", PERCH_CFG_SIZE, 64, 268435460, "256KiB", F(max_packet_size), NULL,
+         "largest MQTT packet accepted"},
+        {"hub.max_connect_size", PERCH_CFG_SIZE, 64, 1048576, "64KiB", F(max_connect_size), NULL,
+         "largest CONNECT packet accepted (before authentication)"},
+        {"hub.max_inflight", PERCH_CFG_INT, 1, 65535, "100", F(max_inflight), NULL,
+         "unacknowledged QoS 1 messages in flight to one client"},
+        {"hub.max_queued_messages", PERCH_CFG_INT, 1, 100000000, "1000000", F(max_queued_messages),
+         NULL, "messages queued for one persistent session"},
+        {"hub.max_queued_bytes", PERCH_CFG_SIZE, 1024, INT64_MAX, "1GiB", F(max_queued_bytes), NULL,
+         "bytes queued for one persistent session"},
+        {"hub.max_connections", PERCH_CFG_INT, 1, 1000000, "10000", F(max_connections), NULL,
+         "simultaneous client connections"},
+        {"hub.max_subscriptions", PERCH_CFG_INT, 1, 100000, "1000", F(max_subscriptions), NULL,
+         "subscriptions per client"},
+        {"hub.max_store_bytes", PERCH_CFG_SIZE, 65536, INT64_MAX, "2GiB", F(max_store_bytes), NULL,
+         "size of the message store; at the limit new QoS 1 messages are refused"},
+        {"hub.max_tx_bytes", PERCH_CFG_SIZE, 65536, 1073741824, "4MiB", F(max_tx_bytes), NULL,
+         "unsent bytes buffered for one connection (a slow reader)"},
+        {"hub.connect_timeout", PERCH_CFG_DURATION, 100, 3600000, "10s", F(connect_timeout_ms),
+         NULL, "time a new connection has to send CONNECT"},
+        {"hub.sync", PERCH_CFG_ENUM, 0, 0, "full", F(sync), sync_modes,
+         "store durability: full (fsync at every commit), normal, off (tests only)"},
+};
+const size_t hub_settings_count = sizeof hub_settings_table / sizeof hub_settings_table[0];
+
+const char *const hub_foreign_sections[] = {"device", "agent", "cloud", "upstream", NULL};
