@@ -263,6 +263,8 @@ static perch_err create_vhost(hub *h, const char *url, const listen_url *lu, int
 			            "cannot listen on %s: TLS needs --tls-cert and --tls-key", url);
 			return PERCH_EINVAL;
 		}
+		/* lws enables TLS on a vhost only with this option in its own info. */
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 		info.ssl_cert_filepath = h->cfg.tls_cert;
 		info.ssl_private_key_filepath = h->cfg.tls_key;
 		if (h->cfg.tls_client_ca != NULL) {
