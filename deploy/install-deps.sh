@@ -35,12 +35,14 @@ packages=(
 	# libraries
 	libwebsockets-dev libjansson-dev libmbedtls-dev libyaml-dev libsqlite3-dev
 	sqlite3 libcmocka-dev libcurl4-openssl-dev
+	# perch-hub runs libwebsockets on its libev event loop (epoll)
+	libwebsockets-evlib-ev
 	# containers: engine, private registry, htpasswd
 	docker.io docker-registry apache2-utils
 	# MQTT peers and clients
 	mosquitto mosquitto-clients python3-paho-mqtt python3-websockets
 	# test tools
-	faketime curl iproute2
+	faketime curl iproute2 python3-pytest openssl
 	# the cloud's PostgreSQL backend
 	postgresql
 )

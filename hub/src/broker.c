@@ -44,7 +44,7 @@ typedef struct mem_entry {
 typedef struct inflight {
 	uint16_t pid;
 	uint64_t seq;
-	uint8_t qos;
+	bool resend; /* sent on an earlier connection: resend with this pid */
 } inflight;
 
 typedef struct sub_rec {
@@ -59,9 +59,12 @@ typedef struct hub_session {
 	hub_queue *queue; /* persistent: the store queue */
 	mem_entry *mem;   /* clean: ring of nmem entries from mem_head */
 	size_t mem_head, nmem, capmem;
+	size_t mem_bytes; /* bytes of the messages in mem */
 	uint64_t mem_seq;
 	inflight *infl; /* unacknowledged deliveries, oldest first */
 	size_t ninfl;
+	size_t nresend;      /* infl entries with resend set */
+	uint64_t dup_before; /* entries below this seq were loaded from disk: DUP */
 	uint16_t next_pid;
 	sub_rec *subs;
 	size_t nsubs, capsubs;
@@ -186,7 +189,8 @@ static perch_err stream_push(hub_broker *b, hub_session *s, hub_msg *m, bool *du
 		*durable = true;
 		return hub_queue_push(s->queue, m);
 	}
-	if (s->nmem >= (size_t)b->h->cfg.max_queued_messages)
+	if (s->nmem >= (size_t)b->h->cfg.max_queued_messages ||
+	    s->mem_bytes + m->size > b->h->cfg.max_memory_queued_bytes)
 		return PERCH_ENOSPC;
 	if (s->nmem == s->capmem) {
 		size_t cap = s->capmem ? s->capmem * 2 : 16;
@@ -203,6 +207,7 @@ static perch_err stream_push(hub_broker *b, hub_session *s, hub_msg *m, bool *du
 	s->mem[(s->mem_head + s->nmem) % s->capmem] =
 	        (mem_entry){++s->mem_seq, hub_msg_ref(m), false, false};
 	s->nmem++;
+	s->mem_bytes += m->size;
 	return PERCH_OK;
 }
 
@@ -238,6 +243,7 @@ static void stream_ack(hub_session *s, uint64_t seq)
 		}
 	}
 	while (s->nmem > 0 && s->mem[s->mem_head].acked) {
+		s->mem_bytes -= s->mem[s->mem_head].msg->size;
 		hub_msg_unref(s->mem[s->mem_head].msg);
 		s->mem_head = (s->mem_head + 1) % s->capmem;
 		s->nmem--;
@@ -347,30 +353,65 @@ static uint16_t alloc_pid(hub_session *s)
 	}
 }
 
-/* deliver pulls from s's stream while its window and send buffer allow. */
+/* purge_resend forgets deliveries of an earlier connection that the queue
+ * did not hand out again (expired meanwhile). */
+static void purge_resend(hub_session *s)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < s->ninfl; i++)
+		if (!s->infl[i].resend)
+			s->infl[j++] = s->infl[i];
+	s->ninfl = j;
+	s->nresend = 0;
+}
+
+/*
+ * deliver pulls from s's stream while its window and send buffer allow.
+ * After a reconnect the stream hands out the unacknowledged entries again,
+ * oldest first: those still in the window go out with their original packet
+ * ids and DUP (MQTT-4.4.0-1).
+ */
 static void deliver(hub_broker *b, hub_session *s)
 {
 	hub_conn *c = s->conn;
 	if (c == NULL || c->state != HUB_CONN_ACTIVE)
 		return;
 	size_t high = (size_t)b->h->cfg.max_tx_bytes / 2;
-	while (s->ninfl < (size_t)b->h->cfg.max_inflight && hub_conn_pending(c) < high) {
+	size_t max = (size_t)b->h->cfg.max_inflight;
+	while (hub_conn_pending(c) < high) {
+		if (s->nresend == 0 && s->ninfl >= max)
+			return;
 		hub_qentry e;
 		perch_err err = stream_next(s, &e);
-		if (err == PERCH_ENOENT)
+		if (err == PERCH_ENOENT) {
+			if (s->nresend > 0)
+				purge_resend(s);
 			return;
+		}
 		if (err != PERCH_OK) {
 			PERCH_WARN(LOG_MOD, "%s: cannot read queue: %s", s->client_id,
 			           perch_strerror(err));
 			return;
 		}
-		uint16_t pid = alloc_pid(s);
-		err = send_publish(c, e.msg, 1, pid, e.dup, e.msg->retain);
-		if (err != PERCH_OK) {
+		inflight *slot = NULL;
+		for (size_t i = 0; i < s->ninfl && s->nresend > 0 && slot == NULL; i++)
+			if (s->infl[i].resend && s->infl[i].seq == e.seq)
+				slot = &s->infl[i];
+		bool dup = e.dup || e.seq < s->dup_before;
+		if (slot != NULL) {
+			slot->resend = false;
+			s->nresend--;
+			dup = true;
+		} else {
+			if (s->nresend > 0)
+				purge_resend(s); /* the ones left were not handed out again */
+			slot = &s->infl[s->ninfl++];
+			*slot = (inflight){alloc_pid(s), e.seq, false};
+		}
+		if (send_publish(c, e.msg, 1, slot->pid, dup, e.msg->retain) != PERCH_OK) {
 			hub_conn_close_soon(c, "out of memory", NULL);
 			return;
 		}
-		s->infl[s->ninfl++] = (inflight){pid, e.seq, 1};
 	}
 }
 
@@ -432,11 +473,15 @@ static perch_err route(hub_broker *b, hub_msg *m, bool *durable)
 			*durable |= d;
 			deliver(b, s);
 			continue;
+		} /* ENOSPC from a persistent queue: its own limits, or the store's (size
+		 * limit or full disk). Only the latter refuses the publisher. */
+		bool store_full = false;
+		if (s->persistent && err == PERCH_ENOSPC) {
+			hub_queue_stats qs;
+			hub_queue_get_stats(s->queue, &qs);
+			store_full = qs.depth < (uint64_t)b->h->cfg.max_queued_messages &&
+			             qs.bytes + m->size <= b->h->cfg.max_queued_bytes;
 		}
-		hub_store_stats st;
-		hub_store_get_stats(b->store, &st);
-		bool store_full = s->persistent && err == PERCH_ENOSPC &&
-		                  (st.disk_full || (st.max_bytes && st.bytes >= st.max_bytes));
 		if (store_full) {
 			result = PERCH_ENOSPC;
 		} else {
@@ -616,7 +661,6 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 		           perch_strerror(err));
 		return refuse_connect(c, PERCH_MQTT_CONNACK_UNAVAILABLE, "server unavailable");
 	}
-	s->ninfl = 0;
 	hub_msg_unref(s->will);
 	s->will = NULL;
 	if (p->has_will) {
@@ -769,6 +813,8 @@ static int handle_puback(hub_broker *b, hub_conn *c, uint16_t pid)
 		if (s->infl[i].pid != pid)
 			continue;
 		uint64_t seq = s->infl[i].seq;
+		if (s->infl[i].resend)
+			s->nresend--;
 		memmove(&s->infl[i], &s->infl[i + 1], (s->ninfl - i - 1) * sizeof s->infl[0]);
 		s->ninfl--;
 		stream_ack(s, seq);
@@ -838,7 +884,9 @@ void hub_broker_disconnected(hub_conn *c, bool abnormal)
 	s->conn = NULL;
 	hub_msg *will = s->will;
 	s->will = NULL;
-	s->ninfl = 0;
+	for (size_t i = 0; i < s->ninfl; i++)
+		s->infl[i].resend = true;
+	s->nresend = s->ninfl;
 	if (s->persistent) {
 		hub_queue_rewind(s->queue);
 		if (hub_store_session_put(b->store, s->client_id, 0, wall_ms()) != PERCH_OK)
@@ -901,7 +949,14 @@ static perch_err load_session(void *arg, const char *client_id, int64_t created,
 	(void)created;
 	(void)seen;
 	hub_session *s;
-	return session_new(arg, client_id, true, &s);
+	perch_err err = session_new(arg, client_id, true, &s);
+	if (err == PERCH_OK) {
+		/* Whether these were sent before the restart is unknown: mark DUP. */
+		hub_queue_stats qs;
+		hub_queue_get_stats(s->queue, &qs);
+		s->dup_before = qs.next_seq;
+	}
+	return err;
 }
 
 static perch_err load_sub(void *arg, const char *client_id, const char *filter, uint8_t qos)

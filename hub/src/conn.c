@@ -42,9 +42,10 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 	c->ws = ws;
 	c->tls = lws_is_ssl(wsi) != 0;
 	c->last_rx_ms = hub_now_ms();
-	char name[64] = "", ip[64] = "";
-	lws_get_peer_addresses(wsi, lws_get_socket_fd(wsi), name, sizeof name, ip, sizeof ip);
-	snprintf(c->peer, sizeof c->peer, "%s", ip[0] ? ip : "?");
+	/* Numeric only: a reverse DNS lookup here (lws_get_peer_addresses) blocks
+	 * the loop for seconds when no resolver answers. */
+	if (lws_get_peer_simple(wsi, c->peer, sizeof c->peer) == NULL)
+		snprintf(c->peer, sizeof c->peer, "?");
 	perch_mqtt_decoder_init(&c->dec, PERCH_MQTT_SERVER, (size_t)h->cfg.max_packet_size,
 	                        (size_t)h->cfg.max_connect_size);
 	if ((int64_t)h->nconns >= h->cfg.max_connections) {
@@ -136,9 +137,9 @@ void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail)
 		snprintf(c->close_detail, sizeof c->close_detail, "%s", detail ? detail : "");
 	}
 	if (c->state != HUB_CONN_CLOSING) {
-		c->state = HUB_CONN_CLOSING;
-		/* Stop reading; close once the queue is written (or in 5 s). */
-		lws_rx_flow_control(c->wsi, 0);
+		c->state =
+		        HUB_CONN_CLOSING; /* Input is ignored from now on; close once the queue is written
+		 * (or in 5 s, for a peer that does not read). */
 		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
 		lws_callback_on_writable(c->wsi);
 	}

@@ -33,9 +33,10 @@ typedef struct hub_settings {
 	char *tls_client_ca;  /* PEM CA for optional client certificates */
 	uint64_t max_packet_size;
 	uint64_t max_connect_size;
-	int64_t max_inflight;        /* unacknowledged QoS 1 deliveries per client */
-	int64_t max_queued_messages; /* per persistent session */
-	uint64_t max_queued_bytes;   /* per persistent session */
+	int64_t max_inflight;             /* unacknowledged QoS 1 deliveries per client */
+	int64_t max_queued_messages;      /* per persistent session */
+	uint64_t max_queued_bytes;        /* per persistent session */
+	uint64_t max_memory_queued_bytes; /* per clean session (in memory) */
 	int64_t max_connections;
 	int64_t max_subscriptions;  /* per client */
 	uint64_t max_store_bytes;   /* the whole store */

@@ -241,9 +241,10 @@ static perch_err create_vhost(hub *h, const char *url, const listen_url *lu, int
 {
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof info);
-	char name[32];
-	snprintf(name, sizeof name, "listen%d", idx);
-	info.vhost_name = name;
+	/* lws keeps the name pointer: it must outlive the vhost. */
+	static char names[MAX_VHOSTS][16];
+	snprintf(names[idx], sizeof names[idx], "listen%d", idx);
+	info.vhost_name = names[idx];
 	info.port = lu->port;
 	/* lws takes an interface name or an IP address; "" or 0.0.0.0 = all. */
 	info.iface = (lu->host[0] && strcmp(lu->host, "0.0.0.0") != 0) ? lu->host : NULL;
@@ -346,15 +347,23 @@ perch_err hub_listen_start(hub *h)
 		}
 		any_tls |= urls[i].kind == LISTEN_WSS || urls[i].kind == LISTEN_MQTTS;
 	}
-	lws_set_log_level(LLL_ERR, lws_log_to_perch);
+	/* PERCH_LWS_LOG=<lws level bits> shows libwebsockets' own log (debugging). */
+	const char *lws_log = getenv("PERCH_LWS_LOG");
+	lws_set_log_level(lws_log ? atoi(lws_log) : LLL_ERR, lws_log_to_perch);
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof info);
-	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	/* libev (epoll) rather than lws's poll() loop, which scans every fd on
+	 * each wake-up: thousands of mostly idle clients cost nothing. */
+	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
 	if (any_tls)
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.user = h;
 	info.pt_serv_buf_size = RX_BUF_BYTES;
-	info.fd_limit_per_thread = (unsigned int)(h->cfg.max_connections + 64);
+	/* lws stops accepting while its pool of HTTP header structs is in use
+	 * (and raw sockets take one until they are adopted); the small default
+	 * made bursts of new clients wait 5 s per 64. Headers are allocated on
+	 * demand, so a pool as large as the connection limit costs nothing idle. */
+	info.max_http_header_pool2 = (unsigned int)(h->cfg.max_connections + 16);
 	h->ctx = lws_create_context(&info);
 	if (h->ctx == NULL) {
 		PERCH_ERROR(LOG_MOD, "cannot create the event loop (libwebsockets)");

@@ -551,6 +551,7 @@ void hub_queue_get_stats(const hub_queue *q, hub_queue_stats *out)
 	        .depth = q->depth,
 	        .bytes = q->bytes,
 	        .in_memory = q->live,
+	        .next_seq = q->next_seq,
 	        .pushed = q->pushed,
 	        .acked = q->acked,
 	        .expired = q->expired,

@@ -112,6 +112,7 @@ typedef struct hub_queue_stats {
 	uint64_t depth;     /* entries not yet acked, memory and disk */
 	uint64_t bytes;     /* their message bytes */
 	uint64_t in_memory; /* entries in the head window */
+	uint64_t next_seq;  /* the seq the next push gets */
 	uint64_t pushed, acked, expired, refused;
 } hub_queue_stats;
 
