@@ -35,8 +35,7 @@ packages=(
 	# libraries
 	libwebsockets-dev libjansson-dev libmbedtls-dev libyaml-dev libsqlite3-dev
 	sqlite3 libcmocka-dev libcurl4-openssl-dev
-	# perch-hub runs libwebsockets on its libev event loop (epoll)
-	libwebsockets-evlib-ev
+	
 	# containers: engine, private registry, htpasswd
 	docker.io docker-registry apache2-utils
 	# MQTT peers and clients

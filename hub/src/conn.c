@@ -46,6 +46,8 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 	 * the loop for seconds when no resolver answers. */
 	if (lws_get_peer_simple(wsi, c->peer, sizeof c->peer) == NULL)
 		snprintf(c->peer, sizeof c->peer, "?");
+	else if (strncmp(c->peer, "::ffff:", 7) == 0) /* an IPv4 peer on a dual-stack socket */
+		memmove(c->peer, c->peer + 7, strlen(c->peer + 7) + 1);
 	perch_mqtt_decoder_init(&c->dec, PERCH_MQTT_SERVER, (size_t)h->cfg.max_packet_size,
 	                        (size_t)h->cfg.max_connect_size);
 	if ((int64_t)h->nconns >= h->cfg.max_connections) {

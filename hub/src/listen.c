@@ -352,9 +352,10 @@ perch_err hub_listen_start(hub *h)
 	lws_set_log_level(lws_log ? atoi(lws_log) : LLL_ERR, lws_log_to_perch);
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof info);
-	/* libev (epoll) rather than lws's poll() loop, which scans every fd on
-	 * each wake-up: thousands of mostly idle clients cost nothing. */
-	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
+	/* lws's own poll() loop: lws_service() returns after each round of
+	 * events, so hub_listen_run can flush the store once per iteration.
+	 * (With an event library, lws_service runs that library's loop forever.) */
+	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
 	if (any_tls)
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.user = h;

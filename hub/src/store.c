@@ -14,11 +14,13 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "perch/alloc.h"
 #include "perch/log.h"
@@ -877,15 +879,68 @@ static void complete_ok(hub_store *s, struct batch *list)
 	}
 }
 
+/*
+ * The reserve: a file of RESERVE_BYTES beside the database, created at open.
+ * When the disk fills, it is deleted, so that the transactions that free
+ * space (acknowledged deletes, WAL checkpoints) can still be written; new
+ * messages stay refused until the reserve can be created again.
+ */
+#define RESERVE_BYTES (128 * 1024)
+
+static void reserve_path(const hub_store *s, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s.reserve", s->path);
+}
+
+static bool reserve_make(const hub_store *s)
+{
+	char p[4200];
+	reserve_path(s, p, sizeof p);
+	int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return false;
+	int rc = posix_fallocate(fd, 0, RESERVE_BYTES);
+	close(fd);
+	if (rc != 0)
+		unlink(p);
+	return rc == 0;
+}
+
+static void reserve_release(const hub_store *s)
+{
+	char p[4200];
+	reserve_path(s, p, sizeof p);
+	if (unlink(p) == 0)
+		PERCH_WARN(LOG_MOD,
+		           "%s: released the %d KiB disk reserve so that "
+		           "acknowledgements can still be written",
+		           s->path, RESERVE_BYTES / 1024);
+}
+
+static void set_pressure(hub_store *s, bool on)
+{
+	pthread_mutex_lock(&s->w.mu);
+	s->w.pressure = on;
+	pthread_mutex_unlock(&s->w.mu);
+}
+
+/* try_recover leaves the disk-full state once the reserve fits again. */
+static void try_recover(hub_store *s)
+{
+	if (!s->st.disk_full || !reserve_make(s))
+		return;
+	PERCH_NOTICE(LOG_MOD, "%s: writing again after a full disk", s->path);
+	s->st.disk_full = false;
+	set_pressure(s, false);
+}
+
 static void take_result(hub_store *s, struct batch *list, const struct wresult *r)
 {
 	s->msgs += r->dmsgs;
 	s->bytes += r->dbytes;
 	count_commit(s, r);
 	if (r->err == PERCH_OK) {
-		if (s->st.disk_full)
-			PERCH_NOTICE(LOG_MOD, "%s: writing again after a full disk", s->path);
-		s->st.disk_full = false;
+		try_recover(s); /* stays disk_full (refusing new messages) until then */
 		s->last_err = PERCH_OK;
 		complete_ok(s, list);
 		return;
@@ -898,7 +953,11 @@ static void take_result(hub_store *s, struct batch *list, const struct wresult *
 	else if (r->err != PERCH_ENOSPC && s->last_err != r->err)
 		PERCH_ERROR(LOG_MOD, "%s: commit failed: %s; retrying", s->path,
 		            perch_strerror(r->err));
-	s->st.disk_full = r->err == PERCH_ENOSPC;
+	if (r->err == PERCH_ENOSPC && !s->st.disk_full) {
+		reserve_release(s);
+		set_pressure(s, true);
+	}
+	s->st.disk_full = s->st.disk_full || r->err == PERCH_ENOSPC;
 	s->last_err = r->err;
 	for (struct batch *b = list; b != NULL; b = b->next)
 		run_dones(b, r->err);
@@ -931,6 +990,12 @@ void hub_store_poll(hub_store *s)
 {
 	collect(s);
 	hub_store_flush(s);
+	/* Space may come back with nothing left to write (another program
+	 * freed it): look again now and then. */
+	if (s->st.disk_full && !s->inflight && s->retry == NULL && mono_ms() >= s->retry_due) {
+		s->retry_due = mono_ms() + s->cfg.retry_ms;
+		try_recover(s);
+	}
 }
 
 void hub_store_wait(hub_store *s, int timeout_ms)
@@ -1159,6 +1224,9 @@ perch_err hub_store_open(const hub_store_config *cfg, hub_store **out)
 		err = PERCH_ENOMEM;
 		goto fail;
 	}
+	if (!reserve_make(s))
+		PERCH_WARN(LOG_MOD, "%s: no room for the %d KiB disk reserve", s->path,
+		           RESERVE_BYTES / 1024);
 	err = hub_store_writer_start(&s->w);
 	if (err != PERCH_OK)
 		goto fail;

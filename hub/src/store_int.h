@@ -86,7 +86,9 @@ struct writer {
 	struct batch *work;   /* handed to the writer; NULL when none */
 	struct batch *result; /* given back; NULL when none */
 	struct wresult res;
-	perch_db *db; /* the writer's connection (the loop's only before start) */
+	perch_db *db;  /* the writer's connection (the loop's only before start) */
+	bool pressure; /* disk nearly full: checkpoint and truncate the WAL after
+	                  each commit (set by the loop, under mu) */
 	hub_store_wake_fn *wake;
 	void *wake_arg;
 };

@@ -379,8 +379,15 @@ static void *writer_main(void *arg)
 			break;
 		struct batch *list = w->work;
 		pthread_mutex_unlock(&w->mu);
+		bool pressure = w->pressure;
 		struct wresult r;
 		write_work(w, list, &r);
+		if (pressure && r.commits > 0) {
+			/* On a nearly full disk the WAL must not keep the space that
+			 * acknowledged deletes freed: fold it into the database now. */
+			sqlite3_wal_checkpoint_v2(perch_db_handle(w->db), NULL,
+			                          SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+		}
 		pthread_mutex_lock(&w->mu);
 		w->work = NULL;
 		w->result = list;
