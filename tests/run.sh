@@ -24,13 +24,23 @@ note_cmocka() { # $1 name, $2 log, $3 exit code
 	if [ "${f:-0}" -ne 0 ]; then failures+=("$1"); fi
 }
 
-run_one() { # $1 name, $2... command; one pass or fail
+# pytest_count LOG WORD: the N of "N WORD" in a pytest summary line ("== 3
+# failed, 97 passed, 2 skipped in 9.1s =="), or nothing.
+pytest_count() {
+	tail -n 3 "$1" | grep -E '^=+ .* in [0-9.]+s' | grep -oE "[0-9]+ $2" | grep -oE '^[0-9]+' | tail -1
+}
+
+run_one() { # $1 name, $2... command; one pass or fail (or pytest's counts)
 	local name=$1; shift
-	local log="$logdir/$name.log" start=$SECONDS
+	local log="$logdir/$name.log" start=$SECONDS p f
 	if "$@" >"$log" 2>&1; then
-		passed=$((passed + 1)); printf 'PASS %-40s %3ss\n' "$name" $((SECONDS - start))
+		# A suite that ends with pytest's summary counts its cases.
+		p=$(pytest_count "$log" passed)
+		passed=$((passed + ${p:-1})); printf 'PASS %-40s %3ss%s\n' "$name" $((SECONDS - start)) "${p:+  ($p cases)}"
 	else
-		failed=$((failed + 1)); failures+=("$name")
+		f=$(pytest_count "$log" failed)
+		p=$(pytest_count "$log" passed)
+		passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1})); failures+=("$name")
 		printf 'FAIL %-40s %3ss  (log: %s)\n' "$name" $((SECONDS - start)) "$log"
 		tail -n 25 "$log" | sed 's/^/     | /'
 	fi
