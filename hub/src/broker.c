@@ -65,6 +65,7 @@ typedef struct hub_session {
 	size_t ninfl;
 	size_t nresend;      /* infl entries with resend set */
 	uint64_t dup_before; /* entries below this seq were loaded from disk: DUP */
+	bool starved;        /* in the broker's starved list (see deliver) */
 	uint16_t next_pid;
 	sub_rec *subs;
 	size_t nsubs, capsubs;
@@ -91,7 +92,9 @@ typedef struct hub_broker {
 	hub_session **matched; /* scratch for routing */
 	size_t nmatched, capmatched;
 	uint64_t anon_seq;
-	perch_map tickets; /* conn pointer bytes -> ack_ticket list head */
+	perch_map tickets;     /* conn pointer bytes -> ack_ticket list head */
+	hub_session **starved; /* online sessions whose queue has entries not yet readable */
+	size_t nstarved, capstarved;
 	hub_conn **paused; /* connections not read while the store catches up */
 	size_t npaused, cappaused;
 } hub_broker;
@@ -254,6 +257,9 @@ static void stream_ack(hub_session *s, uint64_t seq)
 
 static void session_free(hub_broker *b, hub_session *s)
 {
+	for (size_t i = 0; s->starved && i < b->nstarved; i++)
+		if (b->starved[i] == s)
+			b->starved[i] = b->starved[--b->nstarved];
 	for (size_t i = 0; i < s->nsubs; i++) {
 		hub_subs_remove(&b->subs, perch_slice_cstr(s->subs[i].filter), s);
 		perch_free(s->subs[i].filter);
@@ -353,6 +359,48 @@ static uint16_t alloc_pid(hub_session *s)
 	}
 }
 
+/*
+ * starve notes a persistent session whose queue holds entries that cannot be
+ * handed out yet (paged out to disk, their batch not committed): the tick
+ * tries it again after the store's next commit.
+ */
+static void starve(hub_broker *b, hub_session *s)
+{
+	if (!s->persistent || s->starved)
+		return;
+	hub_queue_stats qs;
+	hub_queue_get_stats(s->queue, &qs);
+	if (qs.depth <= s->ninfl)
+		return;
+	if (b->nstarved == b->capstarved) {
+		size_t cap = b->capstarved ? b->capstarved * 2 : 16;
+		hub_session **n = perch_realloc(b->starved, cap * sizeof(hub_session *));
+		if (n == NULL)
+			return; /* retried at its next publish or ack */
+		b->starved = n;
+		b->capstarved = cap;
+	}
+	b->starved[b->nstarved++] = s;
+	s->starved = true;
+}
+
+static void deliver(hub_broker *b, hub_session *s);
+
+static void feed_starved(hub_broker *b)
+{
+	hub_session **list = b->starved;
+	size_t n = b->nstarved;
+	if (n == 0)
+		return;
+	b->starved = NULL;
+	b->nstarved = b->capstarved = 0;
+	for (size_t i = 0; i < n; i++)
+		list[i]->starved = false;
+	for (size_t i = 0; i < n; i++)
+		deliver(b, list[i]);
+	perch_free(list);
+}
+
 /* purge_resend forgets deliveries of an earlier connection that the queue
  * did not hand out again (expired meanwhile). */
 static void purge_resend(hub_session *s)
@@ -386,6 +434,7 @@ static void deliver(hub_broker *b, hub_session *s)
 		if (err == PERCH_ENOENT) {
 			if (s->nresend > 0)
 				purge_resend(s);
+			starve(b, s);
 			return;
 		}
 		if (err != PERCH_OK) {
@@ -1040,6 +1089,7 @@ void hub_broker_tick(hub *h)
 {
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
+		feed_starved(h->broker);
 		resume_paused(h->broker);
 	}
 }
@@ -1089,6 +1139,7 @@ void hub_broker_close(hub *h)
 	hub_store_close(b->store);
 	perch_map_fini(&b->tickets);
 	perch_free(b->paused);
+	perch_free(b->starved);
 	perch_free(b->matched);
 	perch_free(b);
 	h->broker = NULL;

@@ -349,7 +349,7 @@ perch_err hub_listen_start(hub *h)
 	}
 	/* PERCH_LWS_LOG=<lws level bits> shows libwebsockets' own log (debugging). */
 	const char *lws_log = getenv("PERCH_LWS_LOG");
-	lws_set_log_level(lws_log ? atoi(lws_log) : LLL_ERR, lws_log_to_perch);
+	lws_set_log_level(lws_log ? (int)strtol(lws_log, NULL, 0) : LLL_ERR, lws_log_to_perch);
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof info);
 	/* lws's own poll() loop: lws_service() returns after each round of

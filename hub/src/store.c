@@ -97,7 +97,7 @@ static const char SQL_MAX_SEQ[] = "SELECT coalesce(max(seq), 0) FROM entry WHERE
 static const char SQL_PAGE[] =
         "SELECT e.seq, m.id, m.topic, m.payload, m.props, m.qos, m.retain, m.created, m.expiry"
         " FROM entry e JOIN msg m ON m.id = e.msg"
-        " WHERE e.queue = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3";
+        " WHERE e.queue = ?1 AND e.seq > ?2 AND e.seq < ?4 ORDER BY e.seq LIMIT ?3";
 static const char SQL_SESSIONS[] = "SELECT client_id, created, last_seen FROM session";
 static const char SQL_SUBS[] = "SELECT client_id, filter, qos FROM sub ORDER BY client_id";
 static const char SQL_RETAINED[] =
@@ -143,7 +143,14 @@ struct hub_queue {
 	uint64_t next_seq;   /* seq of the next push */
 	uint64_t disk_count; /* entries past the window: all have seq > disk_after */
 	uint64_t disk_after;
-	uint64_t spill_gen; /* batch of the newest entry pushed past the window */
+
+	/* Spilled entries not yet committed: per batch (gen), the first seq it
+	 * spilled, oldest first. Paging reads only below unsafe_from(). When
+	 * full, the last mark absorbs newer batches (pages in a little later). */
+	struct spill_mark {
+		uint64_t gen, first_seq;
+	} marks[4];
+	uint8_t nmarks;
 	uint64_t depth, bytes;
 	uint64_t pushed, acked, expired, refused;
 	struct hub_queue *prev, *next;
@@ -416,10 +423,42 @@ static perch_err step_err(hub_store *s, int rc)
  * page_in reads the entries past q's window into it, in seq order, up to
  * the window's limits; only when the newest spilled entry is committed.
  */
+/* unsafe_from drops the marks of committed batches and returns the lowest
+ * seq that may still be uncommitted (UINT64_MAX: every spill is on disk). */
+static uint64_t unsafe_from(hub_queue *q)
+{
+	uint8_t k = 0;
+	while (k < q->nmarks && q->marks[k].gen <= q->s->committed_gen)
+		k++;
+	if (k > 0) {
+		memmove(q->marks, q->marks + k, (size_t)(q->nmarks - k) * sizeof q->marks[0]);
+		q->nmarks = (uint8_t)(q->nmarks - k);
+	}
+	return q->nmarks ? q->marks[0].first_seq : UINT64_MAX;
+}
+
+static void spill_mark(hub_queue *q, uint64_t gen, uint64_t seq)
+{
+	(void)unsafe_from(q);
+	if (q->nmarks > 0 && q->marks[q->nmarks - 1].gen == gen)
+		return;
+	if (q->nmarks == sizeof q->marks / sizeof q->marks[0]) {
+		q->marks[q->nmarks - 1].gen = gen; /* keeps its lower first_seq */
+		return;
+	}
+	q->marks[q->nmarks++] = (struct spill_mark){gen, seq};
+}
+
+/*
+ * page_in reads the next entries past the window from disk — only those
+ * already committed, so that a queue keeps draining while its producers keep
+ * spilling new entries into batches not yet written.
+ */
 static perch_err page_in(hub_queue *q)
 {
 	hub_store *s = q->s;
-	if (q->disk_count == 0 || q->spill_gen > s->committed_gen)
+	uint64_t bound = unsafe_from(q);
+	if (q->disk_count == 0 || bound <= q->disk_after + 1)
 		return PERCH_OK;
 	uint32_t room = win_entries(s) > q->count ? win_entries(s) - q->count : 0;
 	if (room == 0 || q->win_bytes >= s->cfg.window_bytes)
@@ -431,6 +470,7 @@ static perch_err page_in(hub_queue *q)
 	sqlite3_bind_int64(st, 1, q->id);
 	sqlite3_bind_int64(st, 2, (int64_t)q->disk_after);
 	sqlite3_bind_int64(st, 3, room);
+	sqlite3_bind_int64(st, 4, bound > INT64_MAX ? INT64_MAX : (int64_t)bound);
 	uint32_t got = 0;
 	bool exhausted = false;
 	while (room > 0 && q->win_bytes < s->cfg.window_bytes) {
@@ -459,7 +499,7 @@ static perch_err page_in(hub_queue *q)
 	sqlite3_reset(st);
 	if (err != PERCH_OK)
 		return err;
-	if (got > q->disk_count || (exhausted && got < q->disk_count)) {
+	if (got > q->disk_count || (exhausted && bound == UINT64_MAX && got < q->disk_count)) {
 		/* The table and the count disagree: trust the table. */
 		PERCH_WARN(LOG_MOD, "queue %s: %llu entries counted, %s", q->name,
 		           (unsigned long long)q->disk_count,
@@ -609,7 +649,7 @@ perch_err hub_queue_push(hub_queue *q, hub_msg *m)
 	} else {
 		if (q->disk_count++ == 0)
 			q->disk_after = o->seq - 1;
-		q->spill_gen = s->cur->gen;
+		spill_mark(q, s->cur->gen, o->seq);
 	}
 	q->depth++;
 	q->bytes += m->size;
@@ -885,7 +925,7 @@ static void complete_ok(hub_store *s, struct batch *list)
  * space (acknowledged deletes, WAL checkpoints) can still be written; new
  * messages stay refused until the reserve can be created again.
  */
-#define RESERVE_BYTES (128 * 1024)
+#define RESERVE_BYTES ((off_t)128 * 1024)
 
 static void reserve_path(const hub_store *s, char *buf, size_t cap)
 {
@@ -914,7 +954,7 @@ static void reserve_release(const hub_store *s)
 		PERCH_WARN(LOG_MOD,
 		           "%s: released the %d KiB disk reserve so that "
 		           "acknowledgements can still be written",
-		           s->path, RESERVE_BYTES / 1024);
+		           s->path, (int)(RESERVE_BYTES / 1024));
 }
 
 static void set_pressure(hub_store *s, bool on)
@@ -1226,7 +1266,7 @@ perch_err hub_store_open(const hub_store_config *cfg, hub_store **out)
 	}
 	if (!reserve_make(s))
 		PERCH_WARN(LOG_MOD, "%s: no room for the %d KiB disk reserve", s->path,
-		           RESERVE_BYTES / 1024);
+		           (int)(RESERVE_BYTES / 1024));
 	err = hub_store_writer_start(&s->w);
 	if (err != PERCH_OK)
 		goto fail;

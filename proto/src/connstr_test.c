@@ -14,7 +14,7 @@
 
 #define KEY "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
-static perch_slice S(const char *s)
+static perch_slice sl(const char *s)
 {
 	return perch_slice_cstr(s);
 }
@@ -25,8 +25,8 @@ static void test_parse_good(void **state)
 	perch_connstr cs;
 	perch_connstr_fail fail;
 	assert_int_equal(
-	        perch_connstr_parse(S("HostName=hub.example;DeviceId=dev1;ModuleId=$edgeHub;"
-	                              "SharedAccessKey=" KEY ";GatewayHostName=perch-hub;"),
+	        perch_connstr_parse(sl("HostName=hub.example;DeviceId=dev1;ModuleId=$edgeHub;"
+	                               "SharedAccessKey=" KEY ";GatewayHostName=perch-hub;"),
 	                            &cs, &fail),
 	        PERCH_OK);
 	assert_true(perch_slice_eq_cstr(cs.host_name, "hub.example"));
@@ -37,18 +37,18 @@ static void test_parse_good(void **state)
 	assert_false(cs.x509);
 	/* Any order; a SAS token value with `=` and `&`. */
 	assert_int_equal(
-	        perch_connstr_parse(S("SharedAccessSignature=SharedAccessSignature sr=a&sig=b"
-	                              "%3D&se=1;DeviceId=d;HostName=h"),
+	        perch_connstr_parse(sl("SharedAccessSignature=SharedAccessSignature sr=a&sig=b"
+	                               "%3D&se=1;DeviceId=d;HostName=h"),
 	                            &cs, &fail),
 	        PERCH_OK);
 	assert_true(perch_slice_eq_cstr(cs.shared_access_signature,
 	                                "SharedAccessSignature sr=a&sig=b%3D&se=1"));
-	assert_int_equal(perch_connstr_parse(S("HostName=h;DeviceId=d;x509=True"), &cs, NULL),
+	assert_int_equal(perch_connstr_parse(sl("HostName=h;DeviceId=d;x509=True"), &cs, NULL),
 	                 PERCH_OK);
 	assert_true(cs.x509);
 	/* A service (policy) connection string has no DeviceId. */
-	assert_int_equal(perch_connstr_parse(S("HostName=h;SharedAccessKeyName=iothubowner;"
-	                                       "SharedAccessKey=" KEY),
+	assert_int_equal(perch_connstr_parse(sl("HostName=h;SharedAccessKeyName=iothubowner;"
+	                                        "SharedAccessKey=" KEY),
 	                                     &cs, NULL),
 	                 PERCH_OK);
 	assert_true(perch_slice_eq_cstr(cs.shared_access_key_name, "iothubowner"));
@@ -59,7 +59,7 @@ static void expect_fail(const char *s, perch_err err, perch_connstr_reason reaso
 {
 	perch_connstr cs;
 	perch_connstr_fail fail;
-	assert_int_equal(perch_connstr_parse(S(s), &cs, &fail), err);
+	assert_int_equal(perch_connstr_parse(sl(s), &cs, &fail), err);
 	if (fail.reason != reason)
 		fail_msg("%s: %s, want %s", s, perch_connstr_reason_str(fail.reason),
 		         perch_connstr_reason_str(reason));
@@ -68,7 +68,7 @@ static void expect_fail(const char *s, perch_err err, perch_connstr_reason reaso
 		fail_msg("%s: key '%.*s', want '%s'", s, (int)fail.key.len,
 		         fail.key.ptr ? fail.key.ptr : "", key);
 	assert_int_equal(cs.host_name.len, 0);
-	assert_int_equal(perch_connstr_parse(S(s), &cs, NULL), err);
+	assert_int_equal(perch_connstr_parse(sl(s), &cs, NULL), err);
 }
 
 static void test_parse_errors(void **state)
@@ -123,7 +123,7 @@ static void test_write(void **state)
 	                 ";ModuleId=filter;DeviceId=dev1;HostName=hub.example";
 	const char *want = "HostName=hub.example;DeviceId=dev1;ModuleId=filter;SharedAccessKey=" KEY
 	                   ";GatewayHostName=perch-hub";
-	assert_int_equal(perch_connstr_parse(S(in), &cs, NULL), PERCH_OK);
+	assert_int_equal(perch_connstr_parse(sl(in), &cs, NULL), PERCH_OK);
 	assert_int_equal(perch_connstr_write(&cs, out, sizeof out, &n, &fail), PERCH_OK);
 	assert_int_equal(n, strlen(want));
 	assert_memory_equal(out, want, n);
@@ -131,21 +131,21 @@ static void test_write(void **state)
 		assert_int_equal(perch_connstr_write(&cs, out, cap, &n, &fail), PERCH_ETOOBIG);
 		assert_int_equal(fail.reason, PERCH_CONNSTR_NO_SPACE);
 	}
-	perch_connstr x = {.host_name = S("h"), .device_id = S("d"), .x509 = true};
+	perch_connstr x = {.host_name = sl("h"), .device_id = sl("d"), .x509 = true};
 	assert_int_equal(perch_connstr_write(&x, out, sizeof out, &n, NULL), PERCH_OK);
 	assert_memory_equal(out, "HostName=h;DeviceId=d;x509=true", n);
 	/* The writer refuses what the parser would. */
-	x.device_id = S("a;b");
+	x.device_id = sl("a;b");
 	assert_int_equal(perch_connstr_write(&x, out, sizeof out, &n, &fail), PERCH_EINVAL);
 	assert_int_equal(fail.reason, PERCH_CONNSTR_BAD_VALUE);
 	assert_true(perch_slice_eq_cstr(fail.key, "DeviceId"));
-	x.device_id = S("d");
-	x.shared_access_signature = S("SharedAccessSignature sr=a&sig=b&se=1");
+	x.device_id = sl("d");
+	x.shared_access_signature = sl("SharedAccessSignature sr=a&sig=b&se=1");
 	assert_int_equal(perch_connstr_write(&x, out, sizeof out, &n, &fail), PERCH_EINVAL);
 	assert_int_equal(fail.reason, PERCH_CONNSTR_CONFLICT);
 	static char big[PERCH_CONNSTR_MAX_ID + 1];
 	memset(big, 'm', sizeof big);
-	perch_connstr y = {.host_name = S("h"), .device_id = {big, sizeof big}, .x509 = true};
+	perch_connstr y = {.host_name = sl("h"), .device_id = {big, sizeof big}, .x509 = true};
 	assert_int_equal(perch_connstr_write(&y, out, sizeof out, &n, &fail), PERCH_ETOOBIG);
 	assert_int_equal(fail.reason, PERCH_CONNSTR_TOO_LONG);
 	assert_int_equal(perch_connstr_check(&cs, NULL), PERCH_OK);

@@ -12,7 +12,7 @@
 
 #include "perch/iothub_topic.h"
 
-static perch_slice S(const char *s)
+static perch_slice sl(const char *s)
 {
 	return perch_slice_cstr(s);
 }
@@ -21,7 +21,7 @@ static perch_iothub_topic parse_ok(const char *topic, perch_iothub_kind kind)
 {
 	perch_iothub_topic t;
 	perch_iothub_reason why = PERCH_IOTHUB_REASON_COUNT;
-	assert_int_equal(perch_iothub_topic_parse(S(topic), &t, &why), PERCH_OK);
+	assert_int_equal(perch_iothub_topic_parse(sl(topic), &t, &why), PERCH_OK);
 	assert_int_equal(why, PERCH_IOTHUB_OK);
 	assert_int_equal(t.kind, kind);
 	return t;
@@ -38,12 +38,12 @@ static void expect_refused(const char *topic, perch_err err, perch_iothub_reason
 {
 	perch_iothub_topic t;
 	perch_iothub_reason why;
-	assert_int_equal(perch_iothub_topic_parse(S(topic), &t, &why), err);
+	assert_int_equal(perch_iothub_topic_parse(sl(topic), &t, &why), err);
 	if (why != reason)
 		fail_msg("%s: reason %s, want %s", topic, perch_iothub_reason_str(why),
 		         perch_iothub_reason_str(reason));
 	assert_int_equal(t.kind, kind);
-	assert_int_equal(perch_iothub_topic_parse(S(topic), &t, NULL), err);
+	assert_int_equal(perch_iothub_topic_parse(sl(topic), &t, NULL), err);
 }
 
 static void test_device_topics(void **state)
@@ -56,7 +56,7 @@ static void test_device_topics(void **state)
 	expect_eq(t.props, "%24.ct=application%2Fjson&a=1");
 	t = parse_ok("devices/dev1/messages/events/", PERCH_IOTHUB_TELEMETRY);
 	expect_eq(t.props, "");
-	t = parse_ok("devices/dev1/messages/events", PERCH_IOTHUB_TELEMETRY);
+	(void)parse_ok("devices/dev1/messages/events", PERCH_IOTHUB_TELEMETRY);
 	t = parse_ok("devices/dev%201/messages/events/a=1/b", PERCH_IOTHUB_TELEMETRY);
 	expect_eq(t.device, "dev%201");
 	expect_eq(t.props, "a=1/b");
@@ -71,11 +71,11 @@ static void test_device_topics(void **state)
 	t = parse_ok("devices/d/modules/m/inputs/in1", PERCH_IOTHUB_MODULE_INPUT);
 	expect_eq(t.input, "in1");
 	expect_eq(t.props, "");
-	t = parse_ok("devices/d/modules/m/inputs/in1/", PERCH_IOTHUB_MODULE_INPUT);
+	(void)parse_ok("devices/d/modules/m/inputs/in1/", PERCH_IOTHUB_MODULE_INPUT);
 	t = parse_ok("devices/d/messages/devicebound/%24.to=%2Fdevices%2Fd&iothub-ack=full",
 	             PERCH_IOTHUB_C2D);
 	expect_eq(t.props, "%24.to=%2Fdevices%2Fd&iothub-ack=full");
-	t = parse_ok("devices/d/messages/devicebound", PERCH_IOTHUB_C2D);
+	(void)parse_ok("devices/d/messages/devicebound", PERCH_IOTHUB_C2D);
 }
 
 static void test_twin_method_topics(void **state)
@@ -129,7 +129,7 @@ static void test_other(void **state)
 	for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
 		perch_iothub_topic t;
 		perch_iothub_reason why;
-		if (perch_iothub_topic_parse(S(other[i]), &t, &why) != PERCH_OK ||
+		if (perch_iothub_topic_parse(sl(other[i]), &t, &why) != PERCH_OK ||
 		    t.kind != PERCH_IOTHUB_OTHER)
 			fail_msg("%s: not OTHER (%s, %s)", other[i], perch_iothub_kind_str(t.kind),
 			         perch_iothub_reason_str(why));
@@ -228,62 +228,65 @@ static void test_builders(void **state)
 	char out[256];
 	size_t n = 0;
 	perch_props_init(&props);
-	assert_int_equal(perch_props_set(&props, S("$.cdid"), S("d"), NULL), PERCH_OK);
-	assert_int_equal(perch_props_set(&props, S("$.ct"), S("application/json"), NULL), PERCH_OK);
+	assert_int_equal(perch_props_set(&props, sl("$.cdid"), sl("d"), NULL), PERCH_OK);
+	assert_int_equal(perch_props_set(&props, sl("$.ct"), sl("application/json"), NULL),
+	                 PERCH_OK);
 	expect_built(
-	        perch_iothub_build_input(out, sizeof out, &n, S("d"), S("m"), S("in1"), &props),
+	        perch_iothub_build_input(out, sizeof out, &n, sl("d"), sl("m"), sl("in1"), &props),
 	        out, &n, "devices/d/modules/m/inputs/in1/%24.cdid=d&%24.ct=application%2Fjson");
-	expect_built(perch_iothub_build_input(out, sizeof out, &n, S("d"), S("m"), S("in1"), NULL),
-	             out, &n, "devices/d/modules/m/inputs/in1/");
-	expect_built(perch_iothub_build_c2d(out, sizeof out, &n, S("d"), &props), out, &n,
+	expect_built(
+	        perch_iothub_build_input(out, sizeof out, &n, sl("d"), sl("m"), sl("in1"), NULL),
+	        out, &n, "devices/d/modules/m/inputs/in1/");
+	expect_built(perch_iothub_build_c2d(out, sizeof out, &n, sl("d"), &props), out, &n,
 	             "devices/d/messages/devicebound/%24.cdid=d&%24.ct=application%2Fjson");
-	expect_built(perch_iothub_build_twin_response(out, sizeof out, &n, 200, S("r1"), false, 0),
+	expect_built(perch_iothub_build_twin_response(out, sizeof out, &n, 200, sl("r1"), false, 0),
 	             out, &n, "$iothub/twin/res/200/?$rid=r1");
-	expect_built(perch_iothub_build_twin_response(out, sizeof out, &n, 204, S("r1"), true, 5),
+	expect_built(perch_iothub_build_twin_response(out, sizeof out, &n, 204, sl("r1"), true, 5),
 	             out, &n, "$iothub/twin/res/204/?$rid=r1&$version=5");
 	expect_built(perch_iothub_build_desired(out, sizeof out, &n, 0), out, &n,
 	             "$iothub/twin/PATCH/properties/desired/?$version=0");
 	expect_built(perch_iothub_build_desired(out, sizeof out, &n, UINT64_MAX), out, &n,
 	             "$iothub/twin/PATCH/properties/desired/?$version=18446744073709551615");
-	expect_built(perch_iothub_build_method_request(out, sizeof out, &n, S("reboot"), S("7")),
+	expect_built(perch_iothub_build_method_request(out, sizeof out, &n, sl("reboot"), sl("7")),
 	             out, &n, "$iothub/methods/POST/reboot/?$rid=7");
-	expect_built(perch_iothub_build_method_response(out, sizeof out, &n, 404, S("7")), out, &n,
+	expect_built(perch_iothub_build_method_response(out, sizeof out, &n, 404, sl("7")), out, &n,
 	             "$iothub/methods/res/404/?$rid=7");
 
 	/* What the builders write, the parser reads back. */
 	perch_iothub_topic t;
 	assert_int_equal(
-	        perch_iothub_build_input(out, sizeof out, &n, S("d"), S("m"), S("in1"), &props),
+	        perch_iothub_build_input(out, sizeof out, &n, sl("d"), sl("m"), sl("in1"), &props),
 	        PERCH_OK);
 	assert_int_equal(perch_iothub_topic_parse((perch_slice){out, n}, &t, NULL), PERCH_OK);
 	assert_int_equal(t.kind, PERCH_IOTHUB_MODULE_INPUT);
 
 	/* Refusals. */
-	assert_int_equal(perch_iothub_build_input(out, sizeof out, &n, S(""), S("m"), S("i"), NULL),
+	assert_int_equal(
+	        perch_iothub_build_input(out, sizeof out, &n, sl(""), sl("m"), sl("i"), NULL),
+	        PERCH_EINVAL);
+	assert_int_equal(
+	        perch_iothub_build_input(out, sizeof out, &n, sl("d"), sl("m/x"), sl("i"), NULL),
+	        PERCH_EINVAL);
+	assert_int_equal(
+	        perch_iothub_build_input(out, sizeof out, &n, sl("d"), sl("m"), sl("i+"), NULL),
+	        PERCH_EINVAL);
+	assert_int_equal(perch_iothub_build_c2d(out, sizeof out, &n, sl("d#"), NULL), PERCH_EINVAL);
+	assert_int_equal(perch_iothub_build_method_request(out, sizeof out, &n, sl("a?b"), sl("1")),
+	                 PERCH_EINVAL);
+	assert_int_equal(perch_iothub_build_method_request(out, sizeof out, &n, sl("a"), sl("1&2")),
 	                 PERCH_EINVAL);
 	assert_int_equal(
-	        perch_iothub_build_input(out, sizeof out, &n, S("d"), S("m/x"), S("i"), NULL),
+	        perch_iothub_build_twin_response(out, sizeof out, &n, 99, sl("1"), false, 0),
 	        PERCH_EINVAL);
 	assert_int_equal(
-	        perch_iothub_build_input(out, sizeof out, &n, S("d"), S("m"), S("i+"), NULL),
+	        perch_iothub_build_twin_response(out, sizeof out, &n, 1000, sl("1"), false, 0),
 	        PERCH_EINVAL);
-	assert_int_equal(perch_iothub_build_c2d(out, sizeof out, &n, S("d#"), NULL), PERCH_EINVAL);
-	assert_int_equal(perch_iothub_build_method_request(out, sizeof out, &n, S("a?b"), S("1")),
+	assert_int_equal(
+	        perch_iothub_build_twin_response(out, sizeof out, &n, 200, sl(""), false, 0),
+	        PERCH_EINVAL);
+	assert_int_equal(perch_iothub_build_method_response(out, sizeof out, &n, 42, sl("1")),
 	                 PERCH_EINVAL);
-	assert_int_equal(perch_iothub_build_method_request(out, sizeof out, &n, S("a"), S("1&2")),
-	                 PERCH_EINVAL);
-	assert_int_equal(
-	        perch_iothub_build_twin_response(out, sizeof out, &n, 99, S("1"), false, 0),
-	        PERCH_EINVAL);
-	assert_int_equal(
-	        perch_iothub_build_twin_response(out, sizeof out, &n, 1000, S("1"), false, 0),
-	        PERCH_EINVAL);
-	assert_int_equal(
-	        perch_iothub_build_twin_response(out, sizeof out, &n, 200, S(""), false, 0),
-	        PERCH_EINVAL);
-	assert_int_equal(perch_iothub_build_method_response(out, sizeof out, &n, 42, S("1")),
-	                 PERCH_EINVAL);
-	assert_int_equal(perch_iothub_build_method_response(out, sizeof out, &n, 200, S("a/b")),
+	assert_int_equal(perch_iothub_build_method_response(out, sizeof out, &n, 200, sl("a/b")),
 	                 PERCH_EINVAL);
 	static char big[PERCH_IOTHUB_MAX_SEGMENT + 1];
 	memset(big, 'x', sizeof big);
@@ -293,26 +296,26 @@ static void test_builders(void **state)
 	/* Every short buffer is refused, never overrun. */
 	for (size_t cap = 0; cap < 67; cap++) {
 		assert_int_equal(
-		        perch_iothub_build_input(out, cap, &n, S("d"), S("m"), S("in1"), &props),
+		        perch_iothub_build_input(out, cap, &n, sl("d"), sl("m"), sl("in1"), &props),
 		        PERCH_ETOOBIG);
 		if (cap < 29)
 			assert_int_equal(perch_iothub_build_twin_response(out, cap, &n, 200,
-			                                                  S("r1"), false, 0),
+			                                                  sl("r1"), false, 0),
 			                 PERCH_ETOOBIG);
 		if (cap < 49)
 			assert_int_equal(perch_iothub_build_desired(out, cap, &n, 10),
 			                 PERCH_ETOOBIG);
 		if (cap < 35) {
 			assert_int_equal(perch_iothub_build_method_request(out, cap, &n,
-			                                                   S("reboot"), S("7")),
+			                                                   sl("reboot"), sl("7")),
 			                 PERCH_ETOOBIG);
 		}
 		if (cap < 31)
-			assert_int_equal(perch_iothub_build_c2d(out, cap, &n, S("d"), NULL),
+			assert_int_equal(perch_iothub_build_c2d(out, cap, &n, sl("d"), NULL),
 			                 PERCH_ETOOBIG);
 		if (cap < 31)
 			assert_int_equal(
-			        perch_iothub_build_method_response(out, cap, &n, 200, S("7")),
+			        perch_iothub_build_method_response(out, cap, &n, 200, sl("7")),
 			        PERCH_ETOOBIG);
 	}
 }

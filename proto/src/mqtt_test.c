@@ -127,7 +127,7 @@ static uint8_t *encode_all(const perch_mqtt_packet *pkts, size_t n, size_t *len)
 		assert_int_equal(perch_mqtt_encoded_size(&pkts[i], &sz), PERCH_OK);
 		total += sz;
 	}
-	uint8_t *buf = malloc(total);
+	uint8_t *buf = malloc(total ? total : 1);
 	assert_non_null(buf);
 	size_t off = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -371,7 +371,7 @@ static void test_alloc_failure(void **state)
 	perch_mqtt_packet pkts[16];
 	size_t n = sample(PERCH_MQTT_SERVER, pkts), len;
 	uint8_t *in = encode_all(pkts, n, &len);
-	uint8_t *out = malloc(len);
+	uint8_t *out = malloc(len ? len : 1);
 	assert_non_null(out);
 	size_t b0 = perch_alloc_bytes(), n0 = perch_alloc_blocks();
 	int failed_runs = 0;

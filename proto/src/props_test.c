@@ -15,7 +15,7 @@
 
 static perch_props bag; /* big: kept off the stack */
 
-static perch_slice S(const char *s)
+static perch_slice sl(const char *s)
 {
 	return perch_slice_cstr(s);
 }
@@ -23,7 +23,7 @@ static perch_slice S(const char *s)
 static void assert_value(const perch_props *p, const char *key, const char *want)
 {
 	perch_slice v;
-	assert_true(perch_props_get(p, S(key), &v));
+	assert_true(perch_props_get(p, sl(key), &v));
 	assert_int_equal(v.len, strlen(want));
 	assert_memory_equal(v.ptr, want, v.len);
 }
@@ -33,26 +33,28 @@ static void test_decode_encode(void **state)
 	(void)state;
 	char out[64];
 	size_t n, bad = 99;
-	assert_int_equal(perch_props_url_decode(S("a%20b+c%2Fd%2a"), out, sizeof out, &n, &bad),
+	assert_int_equal(perch_props_url_decode(sl("a%20b+c%2Fd%2a"), out, sizeof out, &n, &bad),
 	                 PERCH_OK);
 	assert_int_equal(n, 8);
 	assert_memory_equal(out, "a b+c/d*", 8);
-	assert_int_equal(perch_props_url_decode(S("ab%2"), out, sizeof out, &n, &bad),
+	assert_int_equal(perch_props_url_decode(sl("ab%2"), out, sizeof out, &n, &bad),
 	                 PERCH_EINVAL);
 	assert_int_equal(bad, 2);
-	assert_int_equal(perch_props_url_decode(S("%zz"), out, sizeof out, &n, NULL), PERCH_EINVAL);
-	assert_int_equal(perch_props_url_decode(S("%4"), out, sizeof out, &n, &bad), PERCH_EINVAL);
-	assert_int_equal(perch_props_url_decode(S("abc"), out, 2, &n, NULL), PERCH_ETOOBIG);
+	assert_int_equal(perch_props_url_decode(sl("%zz"), out, sizeof out, &n, NULL),
+	                 PERCH_EINVAL);
+	assert_int_equal(perch_props_url_decode(sl("%4"), out, sizeof out, &n, &bad), PERCH_EINVAL);
+	assert_int_equal(perch_props_url_decode(sl("abc"), out, 2, &n, NULL), PERCH_ETOOBIG);
 
-	assert_int_equal(perch_props_url_encode(S("$.ct a/b*~_-."), out, sizeof out, &n), PERCH_OK);
+	assert_int_equal(perch_props_url_encode(sl("$.ct a/b*~_-."), out, sizeof out, &n),
+	                 PERCH_OK);
 	assert_int_equal(n, strlen("%24.ct%20a%2Fb%2A~_-."));
 	assert_memory_equal(out, "%24.ct%20a%2Fb%2A~_-.", n);
-	assert_int_equal(perch_props_url_encode_js(S("d*x!(y)'"), out, sizeof out, &n), PERCH_OK);
+	assert_int_equal(perch_props_url_encode_js(sl("d*x!(y)'"), out, sizeof out, &n), PERCH_OK);
 	assert_memory_equal(out, "d%2ax%21%28y%29%27", n);
-	assert_int_equal(perch_props_url_encode(S("\xc3\xa9"), out, sizeof out, &n), PERCH_OK);
+	assert_int_equal(perch_props_url_encode(sl("\xc3\xa9"), out, sizeof out, &n), PERCH_OK);
 	assert_memory_equal(out, "%C3%A9", n);
-	assert_int_equal(perch_props_url_encode(S("ab/"), out, 4, &n), PERCH_ETOOBIG);
-	assert_int_equal(perch_props_url_encode(S("abc"), out, 2, &n), PERCH_ETOOBIG);
+	assert_int_equal(perch_props_url_encode(sl("ab/"), out, 4, &n), PERCH_ETOOBIG);
+	assert_int_equal(perch_props_url_encode(sl("abc"), out, 2, &n), PERCH_ETOOBIG);
 }
 
 static void test_parse_sdk_bags(void **state)
@@ -62,41 +64,41 @@ static void test_parse_sdk_bags(void **state)
 	/* Node (querystring + encodeURIComponent) and IoT Hub's own C2D form. */
 	const char *node =
 	        "%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&temp%20alert=true&x=1+1";
-	assert_int_equal(perch_props_parse(S(node), &bag, &fail), PERCH_OK);
+	assert_int_equal(perch_props_parse(sl(node), &bag, &fail), PERCH_OK);
 	assert_int_equal(perch_props_count(&bag), 5);
 	assert_value(&bag, "$.mid", "m1");
 	assert_value(&bag, "$.ct", "application/json");
 	assert_value(&bag, "temp alert", "true");
 	assert_value(&bag, "x", "1+1");
 	/* Raw `$.` keys (some clients do not encode `$`) are the same keys. */
-	assert_int_equal(perch_props_parse(S("$.on=out1&$.ct=application%2Fjson"), &bag, &fail),
+	assert_int_equal(perch_props_parse(sl("$.on=out1&$.ct=application%2Fjson"), &bag, &fail),
 	                 PERCH_OK);
 	assert_value(&bag, "$.on", "out1");
 	/* Empty segments, a key without a value, an empty bag. */
-	assert_int_equal(perch_props_parse(S("&a=1&&flag&b=&"), &bag, &fail), PERCH_OK);
+	assert_int_equal(perch_props_parse(sl("&a=1&&flag&b=&"), &bag, &fail), PERCH_OK);
 	assert_int_equal(perch_props_count(&bag), 3);
 	assert_value(&bag, "flag", "");
 	assert_value(&bag, "b", "");
-	assert_int_equal(perch_props_parse(S(""), &bag, NULL), PERCH_OK);
+	assert_int_equal(perch_props_parse(sl(""), &bag, NULL), PERCH_OK);
 	assert_int_equal(perch_props_count(&bag), 0);
 	/* `=` inside a value. */
-	assert_int_equal(perch_props_parse(S("k=a=b"), &bag, NULL), PERCH_OK);
+	assert_int_equal(perch_props_parse(sl("k=a=b"), &bag, NULL), PERCH_OK);
 	assert_value(&bag, "k", "a=b");
 	perch_slice k, v;
 	perch_props_at(&bag, 0, &k, &v);
 	assert_true(perch_slice_eq_cstr(k, "k"));
 	perch_props_at(&bag, 0, NULL, NULL);
-	assert_false(perch_props_get(&bag, S("nope"), NULL));
+	assert_false(perch_props_get(&bag, sl("nope"), NULL));
 }
 
 static void expect_fail(const char *in, perch_err err, perch_props_reason reason, size_t offset)
 {
 	perch_props_fail fail;
-	assert_int_equal(perch_props_parse(S(in), &bag, &fail), err);
+	assert_int_equal(perch_props_parse(sl(in), &bag, &fail), err);
 	assert_int_equal(fail.reason, reason);
 	assert_int_equal(fail.offset, offset);
 	assert_int_equal(perch_props_count(&bag), 0);
-	assert_int_equal(perch_props_parse(S(in), &bag, NULL), err);
+	assert_int_equal(perch_props_parse(sl(in), &bag, NULL), err);
 }
 
 static void test_parse_errors(void **state)
@@ -130,7 +132,7 @@ static void test_parse_errors(void **state)
 	expect_fail(big, PERCH_ETOOBIG, PERCH_PROPS_VALUE_TOO_LONG, 2);
 	/* Exactly at the limits is fine. */
 	big[2 + PERCH_PROPS_MAX_VALUE] = '\0';
-	assert_int_equal(perch_props_parse(S(big), &bag, NULL), PERCH_OK);
+	assert_int_equal(perch_props_parse(sl(big), &bag, NULL), PERCH_OK);
 	memset(big, 0, sizeof big);
 	size_t n = 0;
 	for (int i = 0; i <= PERCH_PROPS_MAX_PAIRS; i++)
@@ -143,11 +145,11 @@ static void test_set_remove(void **state)
 	(void)state;
 	perch_props_fail fail;
 	perch_props_init(&bag);
-	assert_int_equal(perch_props_set(&bag, S("$.mid"), S("1"), &fail), PERCH_OK);
-	assert_int_equal(perch_props_set(&bag, S("$.cdid"), S("spoofed"), &fail), PERCH_OK);
-	assert_int_equal(perch_props_set(&bag, S("app"), S("x y"), &fail), PERCH_OK);
+	assert_int_equal(perch_props_set(&bag, sl("$.mid"), sl("1"), &fail), PERCH_OK);
+	assert_int_equal(perch_props_set(&bag, sl("$.cdid"), sl("spoofed"), &fail), PERCH_OK);
+	assert_int_equal(perch_props_set(&bag, sl("app"), sl("x y"), &fail), PERCH_OK);
 	/* The hub stamps $.cdid: replaced in place, others keep their bytes. */
-	assert_int_equal(perch_props_set(&bag, S("$.cdid"), S("dev-1"), &fail), PERCH_OK);
+	assert_int_equal(perch_props_set(&bag, sl("$.cdid"), sl("dev-1"), &fail), PERCH_OK);
 	assert_int_equal(perch_props_count(&bag), 3);
 	assert_value(&bag, "$.cdid", "dev-1");
 	assert_value(&bag, "app", "x y");
@@ -167,26 +169,26 @@ static void test_set_remove(void **state)
 	memset(&bag, 0xAA, sizeof bag);
 	assert_value(&copy, "app", "x y");
 	bag = copy;
-	assert_true(perch_props_remove(&bag, S("$.mid")));
-	assert_false(perch_props_remove(&bag, S("$.mid")));
+	assert_true(perch_props_remove(&bag, sl("$.mid")));
+	assert_false(perch_props_remove(&bag, sl("$.mid")));
 	assert_value(&bag, "$.cdid", "dev-1");
 	assert_value(&bag, "app", "x y");
 	assert_int_equal(bag.used, strlen("$.cdiddev-1appx y"));
 
 	/* Refusals leave the bag as it was. */
-	assert_int_equal(perch_props_set(&bag, S(""), S("v"), &fail), PERCH_EINVAL);
+	assert_int_equal(perch_props_set(&bag, sl(""), sl("v"), &fail), PERCH_EINVAL);
 	assert_int_equal(fail.reason, PERCH_PROPS_EMPTY_KEY);
-	assert_int_equal(perch_props_set(&bag, S("k"), S("a\nb"), &fail), PERCH_EINVAL);
+	assert_int_equal(perch_props_set(&bag, sl("k"), sl("a\nb"), &fail), PERCH_EINVAL);
 	assert_int_equal(fail.reason, PERCH_PROPS_BAD_CHAR);
-	assert_int_equal(perch_props_set(&bag, S("k"), S("\xff"), &fail), PERCH_EINVAL);
+	assert_int_equal(perch_props_set(&bag, sl("k"), sl("\xff"), &fail), PERCH_EINVAL);
 	assert_int_equal(fail.reason, PERCH_PROPS_BAD_UTF8);
 	static char big[PERCH_PROPS_MAX_VALUE + 1];
 	memset(big, 'v', sizeof big);
-	assert_int_equal(perch_props_set(&bag, S("k"), (perch_slice){big, sizeof big}, &fail),
+	assert_int_equal(perch_props_set(&bag, sl("k"), (perch_slice){big, sizeof big}, &fail),
 	                 PERCH_ETOOBIG);
 	assert_int_equal(fail.reason, PERCH_PROPS_VALUE_TOO_LONG);
 	assert_int_equal(
-	        perch_props_set(&bag, (perch_slice){big, PERCH_PROPS_MAX_KEY + 1}, S("v"), &fail),
+	        perch_props_set(&bag, (perch_slice){big, PERCH_PROPS_MAX_KEY + 1}, sl("v"), &fail),
 	        PERCH_ETOOBIG);
 	assert_int_equal(fail.reason, PERCH_PROPS_KEY_TOO_LONG);
 	assert_int_equal(perch_props_count(&bag), 2);
@@ -197,18 +199,18 @@ static void test_set_remove(void **state)
 	int i;
 	for (i = 0; err == PERCH_OK; i++) {
 		snprintf(key, sizeof key, "k%d", i);
-		err = perch_props_set(&bag, S(key), (perch_slice){big, 4000}, &fail);
+		err = perch_props_set(&bag, sl(key), (perch_slice){big, 4000}, &fail);
 	}
 	assert_int_equal(err, PERCH_ETOOBIG);
 	assert_int_equal(fail.reason, PERCH_PROPS_TOO_LONG);
 	perch_props_init(&bag);
 	for (i = 0; i < PERCH_PROPS_MAX_PAIRS; i++) {
 		snprintf(key, sizeof key, "k%d", i);
-		assert_int_equal(perch_props_set(&bag, S(key), S("v"), NULL), PERCH_OK);
+		assert_int_equal(perch_props_set(&bag, sl(key), sl("v"), NULL), PERCH_OK);
 	}
-	assert_int_equal(perch_props_set(&bag, S("one-more"), S("v"), &fail), PERCH_ETOOBIG);
+	assert_int_equal(perch_props_set(&bag, sl("one-more"), sl("v"), &fail), PERCH_ETOOBIG);
 	assert_int_equal(fail.reason, PERCH_PROPS_TOO_MANY);
-	assert_int_equal(perch_props_set(&bag, S("k3"), S("replaced"), &fail), PERCH_OK);
+	assert_int_equal(perch_props_set(&bag, sl("k3"), sl("replaced"), &fail), PERCH_OK);
 	assert_value(&bag, "k3", "replaced");
 }
 
@@ -218,9 +220,9 @@ static void test_round_trip(void **state)
 	static perch_props again;
 	static char out[3 * PERCH_PROPS_MAX_ENCODED];
 	size_t n;
-	assert_int_equal(perch_props_parse(S("%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&"
-	                                     "iothub-ack=full&%24.exp=2024-01-01T00%3A00%3A00Z&"
-	                                     "caf%C3%A9=%E2%82%AC%F0%9F%98%80"),
+	assert_int_equal(perch_props_parse(sl("%24.to=%2Fdevices%2Fd%2Fmessages%2FdeviceBound&"
+	                                      "iothub-ack=full&%24.exp=2024-01-01T00%3A00%3A00Z&"
+	                                      "caf%C3%A9=%E2%82%AC%F0%9F%98%80"),
 	                                   &bag, NULL),
 	                 PERCH_OK);
 	assert_value(&bag, "café", "€😀");
@@ -239,19 +241,19 @@ static void test_round_trip(void **state)
 static void test_system_kind(void **state)
 {
 	(void)state;
-	assert_int_equal(perch_props_system_kind(S("$.mid")), PERCH_PROPS_SYS_MID);
-	assert_int_equal(perch_props_system_kind(S("$.cid")), PERCH_PROPS_SYS_CID);
-	assert_int_equal(perch_props_system_kind(S("$.on")), PERCH_PROPS_SYS_ON);
-	assert_int_equal(perch_props_system_kind(S("$.ct")), PERCH_PROPS_SYS_CT);
-	assert_int_equal(perch_props_system_kind(S("$.ce")), PERCH_PROPS_SYS_CE);
-	assert_int_equal(perch_props_system_kind(S("$.cdid")), PERCH_PROPS_SYS_CDID);
-	assert_int_equal(perch_props_system_kind(S("$.cmid")), PERCH_PROPS_SYS_CMID);
-	assert_int_equal(perch_props_system_kind(S("$.to")), PERCH_PROPS_SYS_TO);
-	assert_int_equal(perch_props_system_kind(S("$.uid")), PERCH_PROPS_SYS_UID);
-	assert_int_equal(perch_props_system_kind(S("$.exp")), PERCH_PROPS_SYS_EXP);
-	assert_int_equal(perch_props_system_kind(S("$.ifid")), PERCH_PROPS_SYS_OTHER);
-	assert_int_equal(perch_props_system_kind(S("mid")), PERCH_PROPS_SYS_NONE);
-	assert_int_equal(perch_props_system_kind(S("$mid")), PERCH_PROPS_SYS_NONE);
+	assert_int_equal(perch_props_system_kind(sl("$.mid")), PERCH_PROPS_SYS_MID);
+	assert_int_equal(perch_props_system_kind(sl("$.cid")), PERCH_PROPS_SYS_CID);
+	assert_int_equal(perch_props_system_kind(sl("$.on")), PERCH_PROPS_SYS_ON);
+	assert_int_equal(perch_props_system_kind(sl("$.ct")), PERCH_PROPS_SYS_CT);
+	assert_int_equal(perch_props_system_kind(sl("$.ce")), PERCH_PROPS_SYS_CE);
+	assert_int_equal(perch_props_system_kind(sl("$.cdid")), PERCH_PROPS_SYS_CDID);
+	assert_int_equal(perch_props_system_kind(sl("$.cmid")), PERCH_PROPS_SYS_CMID);
+	assert_int_equal(perch_props_system_kind(sl("$.to")), PERCH_PROPS_SYS_TO);
+	assert_int_equal(perch_props_system_kind(sl("$.uid")), PERCH_PROPS_SYS_UID);
+	assert_int_equal(perch_props_system_kind(sl("$.exp")), PERCH_PROPS_SYS_EXP);
+	assert_int_equal(perch_props_system_kind(sl("$.ifid")), PERCH_PROPS_SYS_OTHER);
+	assert_int_equal(perch_props_system_kind(sl("mid")), PERCH_PROPS_SYS_NONE);
+	assert_int_equal(perch_props_system_kind(sl("$mid")), PERCH_PROPS_SYS_NONE);
 	for (int r = 0; r <= PERCH_PROPS_REASON_COUNT; r++)
 		assert_non_null(perch_props_reason_str((perch_props_reason)r));
 	assert_string_equal(perch_props_reason_str(PERCH_PROPS_DUPLICATE), "duplicate key");

@@ -8,6 +8,7 @@
  */
 #include "perch/sas.h"
 
+#include <ctype.h>
 #include <string.h>
 
 #include <mbedtls/base64.h>
@@ -277,7 +278,7 @@ malformed:
 
 static char lower(char c)
 {
-	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+	return (char)tolower((unsigned char)c);
 }
 
 /* Decoded sr equals want, the host part (up to the first `/`) ignoring case. */

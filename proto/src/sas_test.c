@@ -37,7 +37,7 @@ static const struct vector {
          "Tmy44X2G1VY%3D&skn=iothubowner&se=1700000000"},
 };
 
-static perch_slice S(const char *s)
+static perch_slice sl(const char *s)
 {
 	return perch_slice_cstr(s);
 }
@@ -49,14 +49,14 @@ static void test_sign_matches_sdk(void **state)
 	size_t n;
 	for (size_t i = 0; i < sizeof VECTORS / sizeof VECTORS[0]; i++) {
 		const struct vector *v = &VECTORS[i];
-		assert_int_equal(perch_sas_sign(S(v->resource), S(v->key_name), S(v->key),
+		assert_int_equal(perch_sas_sign(sl(v->resource), sl(v->key_name), sl(v->key),
 		                                v->expiry, out, sizeof out, &n),
 		                 PERCH_OK);
 		assert_int_equal(n, strlen(v->token));
 		assert_memory_equal(out, v->token, n);
 		for (size_t cap = 0; cap < n; cap += 7)
-			assert_int_equal(perch_sas_sign(S(v->resource), S(v->key_name), S(v->key),
-			                                v->expiry, out, cap, &n),
+			assert_int_equal(perch_sas_sign(sl(v->resource), sl(v->key_name),
+			                                sl(v->key), v->expiry, out, cap, &n),
 			                 PERCH_ETOOBIG);
 	}
 }
@@ -64,11 +64,11 @@ static void test_sign_matches_sdk(void **state)
 static perch_sas_reason verify(const char *token, const char *resource, const char *key,
                                uint64_t now, uint64_t skew, uint64_t lifetime, perch_err want)
 {
-	perch_sas_check c = {S(resource), S(key), now, skew, lifetime};
+	perch_sas_check c = {sl(resource), sl(key), now, skew, lifetime};
 	perch_sas_reason why = PERCH_SAS_REASON_COUNT;
 	perch_sas_token t;
-	assert_int_equal(perch_sas_verify(S(token), &c, &t, &why), want);
-	assert_int_equal(perch_sas_verify(S(token), &c, NULL, NULL), want);
+	assert_int_equal(perch_sas_verify(sl(token), &c, &t, &why), want);
+	assert_int_equal(perch_sas_verify(sl(token), &c, NULL, NULL), want);
 	return why;
 }
 
@@ -82,8 +82,8 @@ static void test_verify_sdk_tokens(void **state)
 		        PERCH_SAS_OK);
 	}
 	perch_sas_token t;
-	perch_sas_check c = {S(VECTORS[3].resource), S(K1), 1700000000, 0, 0};
-	assert_int_equal(perch_sas_verify(S(VECTORS[3].token), &c, &t, NULL), PERCH_OK);
+	perch_sas_check c = {sl(VECTORS[3].resource), sl(K1), 1700000000, 0, 0};
+	assert_int_equal(perch_sas_verify(sl(VECTORS[3].token), &c, &t, NULL), PERCH_OK);
 	assert_true(perch_slice_eq_cstr(t.skn, "iothubowner"));
 	assert_true(t.expiry == 1700000000);
 	/* Host names compare without case; the path does not. */
@@ -194,14 +194,14 @@ static void test_parse_malformed(void **state)
 	perch_sas_reason why;
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		why = PERCH_SAS_OK;
-		if (perch_sas_parse(S(bad[i]), &t, &why) != PERCH_EINVAL ||
+		if (perch_sas_parse(sl(bad[i]), &t, &why) != PERCH_EINVAL ||
 		    why != PERCH_SAS_MALFORMED)
 			fail_msg("accepted: %s", bad[i]);
 		assert_int_equal(verify(bad[i], "a", K1, 0, 0, 0, PERCH_EINVAL),
 		                 PERCH_SAS_MALFORMED);
 	}
 	assert_int_equal(
-	        perch_sas_parse(S("SharedAccessSignature sr=a&sig=b&se=18446744073709551615"), &t,
+	        perch_sas_parse(sl("SharedAccessSignature sr=a&sig=b&se=18446744073709551615"), &t,
 	                        NULL),
 	        PERCH_OK);
 	assert_true(t.expiry == UINT64_MAX);
@@ -218,31 +218,32 @@ static void test_sign_refusals(void **state)
 	(void)state;
 	char out[PERCH_SAS_MAX_TOKEN];
 	size_t n;
-	assert_int_equal(perch_sas_sign(S(""), S(""), S(K1), 1, out, sizeof out, &n), PERCH_EINVAL);
-	assert_int_equal(perch_sas_sign(S("r"), S(""), S(K1), 0, out, sizeof out, &n),
+	assert_int_equal(perch_sas_sign(sl(""), sl(""), sl(K1), 1, out, sizeof out, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(perch_sas_sign(S("r"), S(""), S("bad key"), 1, out, sizeof out, &n),
+	assert_int_equal(perch_sas_sign(sl("r"), sl(""), sl(K1), 0, out, sizeof out, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(perch_sas_sign(S("r"), S(""), S(""), 1, out, sizeof out, &n),
+	assert_int_equal(perch_sas_sign(sl("r"), sl(""), sl("bad key"), 1, out, sizeof out, &n),
+	                 PERCH_EINVAL);
+	assert_int_equal(perch_sas_sign(sl("r"), sl(""), sl(""), 1, out, sizeof out, &n),
 	                 PERCH_EINVAL);
 	static char big[PERCH_SAS_MAX_RESOURCE + 1];
 	memset(big, 'r', sizeof big);
-	assert_int_equal(perch_sas_sign((perch_slice){big, sizeof big}, S(""), S(K1), 1, out,
+	assert_int_equal(perch_sas_sign((perch_slice){big, sizeof big}, sl(""), sl(K1), 1, out,
 	                                sizeof out, &n),
 	                 PERCH_ETOOBIG);
-	assert_int_equal(perch_sas_sign(S("r"), (perch_slice){big, PERCH_SAS_MAX_KEY_NAME + 1},
-	                                S(K1), 1, out, sizeof out, &n),
+	assert_int_equal(perch_sas_sign(sl("r"), (perch_slice){big, PERCH_SAS_MAX_KEY_NAME + 1},
+	                                sl(K1), 1, out, sizeof out, &n),
 	                 PERCH_ETOOBIG);
-	assert_int_equal(perch_sas_sign(S("r"), S(""),
+	assert_int_equal(perch_sas_sign(sl("r"), sl(""),
 	                                (perch_slice){big, PERCH_SAS_MAX_KEY_B64 + 4}, 1, out,
 	                                sizeof out, &n),
 	                 PERCH_ETOOBIG);
 	/* The largest resource, all escaped, still fits a token. */
 	memset(big, ' ', PERCH_SAS_MAX_RESOURCE);
-	assert_int_equal(perch_sas_sign((perch_slice){big, PERCH_SAS_MAX_RESOURCE}, S("name"),
-	                                S(K1), UINT64_MAX, out, sizeof out, &n),
+	assert_int_equal(perch_sas_sign((perch_slice){big, PERCH_SAS_MAX_RESOURCE}, sl("name"),
+	                                sl(K1), UINT64_MAX, out, sizeof out, &n),
 	                 PERCH_OK);
-	perch_sas_check c = {{big, PERCH_SAS_MAX_RESOURCE}, S(K1), 0, 0, 0};
+	perch_sas_check c = {{big, PERCH_SAS_MAX_RESOURCE}, sl(K1), 0, 0, 0};
 	assert_int_equal(perch_sas_verify((perch_slice){out, n}, &c, NULL, NULL), PERCH_OK);
 }
 
@@ -252,40 +253,40 @@ static void test_keys(void **state)
 	char out[PERCH_SAS_KEY_B64_LEN];
 	size_t n;
 	/* Vectors from Node: crypto.createHmac('sha256', Buffer.from(key, 'base64')). */
-	assert_int_equal(perch_sas_derive_module_key(S(K1), S("$edgeHub"), out, sizeof out, &n),
+	assert_int_equal(perch_sas_derive_module_key(sl(K1), sl("$edgeHub"), out, sizeof out, &n),
 	                 PERCH_OK);
 	assert_int_equal(n, PERCH_SAS_KEY_B64_LEN);
 	assert_memory_equal(out, "irDe88xaCjchv3Ljq/+bK9ZNfc0di5MguLZo2o3D1f4=", n);
-	assert_int_equal(perch_sas_derive_module_key(S(K1), S("filter"), out, sizeof out, &n),
+	assert_int_equal(perch_sas_derive_module_key(sl(K1), sl("filter"), out, sizeof out, &n),
 	                 PERCH_OK);
 	assert_memory_equal(out, "S94One8vIUylHrPjhXyPtFI7pzv5JECq7lnkfBQJqy0=", n);
 	assert_true(perch_sas_key_valid((perch_slice){out, n}));
-	assert_int_equal(perch_sas_derive_module_key(S(K1), S("m"), out, sizeof out - 1, &n),
+	assert_int_equal(perch_sas_derive_module_key(sl(K1), sl("m"), out, sizeof out - 1, &n),
 	                 PERCH_ETOOBIG);
-	assert_int_equal(perch_sas_derive_module_key(S(K1), S(""), out, sizeof out, &n),
+	assert_int_equal(perch_sas_derive_module_key(sl(K1), sl(""), out, sizeof out, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(perch_sas_derive_module_key(S("A"), S("m"), out, sizeof out, &n),
+	assert_int_equal(perch_sas_derive_module_key(sl("A"), sl("m"), out, sizeof out, &n),
 	                 PERCH_EINVAL);
 	static char big[200];
 	memset(big, 'A', sizeof big);
 	assert_int_equal(
-	        perch_sas_derive_module_key(S(K1), (perch_slice){big, 129}, out, sizeof out, &n),
+	        perch_sas_derive_module_key(sl(K1), (perch_slice){big, 129}, out, sizeof out, &n),
 	        PERCH_ETOOBIG);
 	assert_int_equal(
-	        perch_sas_derive_module_key((perch_slice){big, 92}, S("m"), out, sizeof out, &n),
+	        perch_sas_derive_module_key((perch_slice){big, 92}, sl("m"), out, sizeof out, &n),
 	        PERCH_EINVAL);
 
-	assert_true(perch_sas_key_valid(S(K1)));
-	assert_true(perch_sas_key_valid(S("QQ==")));
-	assert_true(perch_sas_key_valid(S("QUI=")));
-	assert_false(perch_sas_key_valid(S("QR=="))); /* leftover bits */
-	assert_false(perch_sas_key_valid(S("QUJ="))); /* leftover bits */
-	assert_false(perch_sas_key_valid(S("QQ")));   /* no padding */
-	assert_false(perch_sas_key_valid(S("====")));
-	assert_false(perch_sas_key_valid(S("Q===")));
-	assert_false(perch_sas_key_valid(S("QQ=A")));
-	assert_false(perch_sas_key_valid(S("QQ ==")));
-	assert_false(perch_sas_key_valid(S("")));
+	assert_true(perch_sas_key_valid(sl(K1)));
+	assert_true(perch_sas_key_valid(sl("QQ==")));
+	assert_true(perch_sas_key_valid(sl("QUI=")));
+	assert_false(perch_sas_key_valid(sl("QR=="))); /* leftover bits */
+	assert_false(perch_sas_key_valid(sl("QUJ="))); /* leftover bits */
+	assert_false(perch_sas_key_valid(sl("QQ")));   /* no padding */
+	assert_false(perch_sas_key_valid(sl("====")));
+	assert_false(perch_sas_key_valid(sl("Q===")));
+	assert_false(perch_sas_key_valid(sl("QQ=A")));
+	assert_false(perch_sas_key_valid(sl("QQ ==")));
+	assert_false(perch_sas_key_valid(sl("")));
 	assert_false(perch_sas_key_valid((perch_slice){big, 88})); /* 66 bytes */
 	assert_true(perch_sas_key_valid((perch_slice){big, 84}));  /* 63 bytes */
 	for (int r = 0; r <= PERCH_SAS_REASON_COUNT; r++)

@@ -121,7 +121,7 @@ static void bench_encode_header(double secs)
 
 int main(int argc, char **argv)
 {
-	double secs = argc > 1 ? atof(argv[1]) : 1.0;
+	double secs = argc > 1 ? strtod(argv[1], NULL) : 1.0;
 	if (secs <= 0)
 		secs = 1.0;
 	bench_decode(64, secs);

@@ -162,6 +162,7 @@ typedef struct opts {
 	const char *prefix;
 	bool ws;
 	bool ws_batch;
+	bool persistent; /* subscribers use persistent sessions (the broker's durable path) */
 	uint8_t qos;
 	layout layout;
 	uint32_t pubs, subs, idle;
@@ -903,7 +904,7 @@ static void send_connect(load *L, conn *c)
 	        .type = PERCH_MQTT_CONNECT,
 	        .connect = {.client_id = {id, n < 0 ? 0 : (size_t)n},
 	                    .keep_alive = LOAD_KEEPALIVE,
-	                    .clean_session = true},
+	                    .clean_session = !(L->o.persistent && c->role == ROLE_SUB)},
 	};
 	if (conn_send_pkt(L, c, &pkt))
 		c->state = CS_CONNACK;
@@ -1123,6 +1124,7 @@ static void usage(FILE *f)
 	      "  --clients N         extra idle connections, made first (0)\n"
 	      "  --hold SECS         keep the idle connections up this long before the run (0)\n"
 	      "  --rss-pid PID       report this process's VmRSS once the connections are up\n"
+	      "  --persistent        subscribers use persistent sessions (durable QoS 1)\n"
 	      "  --label NAME        name echoed in the report\n"
 	      "  --topic-prefix P    topic prefix (perch-bench)\n",
 	      f);
@@ -1173,6 +1175,7 @@ static int parse_opts(int argc, char **argv, opts *o)
 		OPT_HOLD,
 		OPT_RSS,
 		OPT_LABEL,
+		OPT_PERSISTENT,
 		OPT_PREFIX,
 		OPT_HELP
 	};
@@ -1198,6 +1201,7 @@ static int parse_opts(int argc, char **argv, opts *o)
 	        {"hold", 1, 0, OPT_HOLD},
 	        {"rss-pid", 1, 0, OPT_RSS},
 	        {"label", 1, 0, OPT_LABEL},
+	        {"persistent", 0, 0, OPT_PERSISTENT},
 	        {"topic-prefix", 1, 0, OPT_PREFIX},
 	        {"help", 0, 0, OPT_HELP},
 	        {0, 0, 0, 0},
@@ -1213,7 +1217,7 @@ static int parse_opts(int argc, char **argv, opts *o)
 	            .window = 64,
 	            .e2e_window = 256};
 	bool have_pubs = false;
-	uint32_t v;
+	uint32_t v = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		bool ok = true;
@@ -1284,6 +1288,7 @@ static int parse_opts(int argc, char **argv, opts *o)
 			ok = parse_u32(optarg, 1, 1u << 30, &v);
 			o->rss_pid = (long)v;
 			break;
+		case OPT_PERSISTENT: o->persistent = true; break;
 		case OPT_LABEL:
 			o->label = optarg;
 			ok = strlen(optarg) < 64;

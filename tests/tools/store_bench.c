@@ -182,7 +182,7 @@ static void bench_pipelined(bool elide, double secs)
 int main(int argc, char **argv)
 {
 	const char *dir = argc > 1 ? argv[1] : "/tmp";
-	double secs = argc > 2 ? atof(argv[2]) : 2.0;
+	double secs = argc > 2 ? strtod(argv[2], NULL) : 2.0;
 	snprintf(path, sizeof path, "%s/store_bench.db", dir);
 	perch_log_set_level(PERCH_LOG_WARN);
 	static const unsigned long sizes[] = {1, 10, 100, 1000};

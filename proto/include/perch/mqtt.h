@@ -43,8 +43,8 @@
 /* Limits. Sizes count the whole packet: fixed header, variable header and payload. */
 #define PERCH_MQTT_MAX_REMAINING       268435455u /* largest remaining length (4 bytes) */
 #define PERCH_MQTT_MAX_PACKET          (PERCH_MQTT_MAX_REMAINING + 5u)
-#define PERCH_MQTT_MAX_PACKET_DEFAULT  (1024u * 1024u) /* decoder default */
-#define PERCH_MQTT_MAX_CONNECT_DEFAULT (64u * 1024u)   /* decoder default for CONNECT */
+#define PERCH_MQTT_MAX_PACKET_DEFAULT  1048576u /* decoder default */
+#define PERCH_MQTT_MAX_CONNECT_DEFAULT 65536u   /* decoder default for CONNECT */
 /* Largest header perch_mqtt_encode_publish_header can write. */
 #define PERCH_MQTT_PUBLISH_HEADER_MAX (1u + 4u + 2u + 65535u + 2u)
 
