@@ -44,7 +44,8 @@ static void usage(FILE *f)
 	        "is in its SQLite store first.\n"
 	        "\n"
 	        "  --config FILE       settings file (default %s, section hub:)\n"
-	        "  --listen URL        ws://, wss://, mqtt:// or mqtts://HOST:PORT (repeatable)\n"
+	        "  --listen URL        ws://, wss://, mqtt:// or mqtts://HOST:PORT (repeatable;\n"
+	        "                      replaces the config file's listeners)\n"
 	        "  --data-dir DIR      where the store lives\n"
 	        "  --allow-anonymous   accept clients without credentials (default: refuse all)\n"
 	        "  --metrics HOST:PORT serve Prometheus metrics at http://HOST:PORT/metrics\n"
@@ -157,6 +158,15 @@ int main(int argc, char **argv)
 		perch_cfg_errors_free(&errs);
 		if (err != PERCH_OK)
 			return fail_start("configuration file has errors (see above)");
+	}
+	/* --listen replaces the file's listeners rather than adding to them. */
+	for (size_t i = 0; i < nflags; i++) {
+		if (strcmp(flags[i].key, "hub.listen") != 0)
+			continue;
+		for (size_t k = 0; k < h->cfg.listen.n; k++)
+			perch_free(h->cfg.listen.items[k]);
+		h->cfg.listen.n = 0;
+		break;
 	}
 	for (size_t i = 0; i < nflags; i++) {
 		char why[300];
