@@ -101,6 +101,19 @@ void *perch_realloc(void *ptr, size_t size)
 	return q + HDR;
 }
 
+void *perch_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first)
+{
+	if (n < *cap)
+		return arr;
+	size_t c = *cap ? *cap * 2 : first;
+	if (c < n + 1 || (elem != 0 && c > SIZE_MAX / elem))
+		return NULL;
+	void *p = perch_realloc(arr, c * elem);
+	if (p != NULL)
+		*cap = c;
+	return p;
+}
+
 char *perch_memdup0(const void *src, size_t n)
 {
 	if (n == SIZE_MAX)

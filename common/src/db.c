@@ -153,14 +153,10 @@ perch_err perch_db_stmt(perch_db *db, const char *sql, sqlite3_stmt **out)
 			return PERCH_OK;
 		}
 	}
-	if (db->ncache == db->capcache) {
-		size_t cap = db->capcache ? db->capcache * 2 : 16;
-		struct cached *c = perch_realloc(db->cache, cap * sizeof *c);
-		if (c == NULL)
-			return PERCH_ENOMEM;
-		db->cache = c;
-		db->capcache = cap;
-	}
+	struct cached *c = perch_grow(db->cache, db->ncache, &db->capcache, sizeof *c, 16);
+	if (c == NULL)
+		return PERCH_ENOMEM;
+	db->cache = c;
 	sqlite3_stmt *s = NULL;
 	int rc = sqlite3_prepare_v3(db->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL);
 	if (rc != SQLITE_OK) {

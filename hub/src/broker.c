@@ -372,14 +372,10 @@ static void starve(hub_broker *b, hub_session *s)
 	hub_queue_get_stats(s->queue, &qs);
 	if (qs.depth <= s->ninfl)
 		return;
-	if (b->nstarved == b->capstarved) {
-		size_t cap = b->capstarved ? b->capstarved * 2 : 16;
-		hub_session **n = perch_realloc(b->starved, cap * sizeof(hub_session *));
-		if (n == NULL)
-			return; /* retried at its next publish or ack */
-		b->starved = n;
-		b->capstarved = cap;
-	}
+	hub_session **n = perch_grow(b->starved, b->nstarved, &b->capstarved, sizeof *n, 16);
+	if (n == NULL)
+		return; /* retried at its next publish or ack */
+	b->starved = n;
 	b->starved[b->nstarved++] = s;
 	s->starved = true;
 }
@@ -481,14 +477,10 @@ static void on_match(void *who, uint8_t qos, void *arg)
 			s->match_qos = qos;
 		return;
 	}
-	if (b->nmatched == b->capmatched) {
-		size_t cap = b->capmatched ? b->capmatched * 2 : 64;
-		hub_session **m = perch_realloc(b->matched, cap * sizeof(hub_session *));
-		if (m == NULL)
-			return; /* counted by the caller as fewer deliveries */
-		b->matched = m;
-		b->capmatched = cap;
-	}
+	hub_session **m = perch_grow(b->matched, b->nmatched, &b->capmatched, sizeof *m, 64);
+	if (m == NULL)
+		return; /* counted by the caller as fewer deliveries */
+	b->matched = m;
 	s->match_gen = b->match_gen;
 	s->match_qos = qos;
 	b->matched[b->nmatched++] = s;
@@ -751,14 +743,10 @@ static perch_err session_add_sub(hub_broker *b, hub_session *s, perch_slice filt
 	}
 	if ((int64_t)s->nsubs >= b->h->cfg.max_subscriptions)
 		return PERCH_ERANGE;
-	if (s->nsubs == s->capsubs) {
-		size_t cap = s->capsubs ? s->capsubs * 2 : 4;
-		sub_rec *r = perch_realloc(s->subs, cap * sizeof *r);
-		if (r == NULL)
-			return PERCH_ENOMEM;
-		s->subs = r;
-		s->capsubs = cap;
-	}
+	sub_rec *r = perch_grow(s->subs, s->nsubs, &s->capsubs, sizeof *r, 4);
+	if (r == NULL)
+		return PERCH_ENOMEM;
+	s->subs = r;
 	char *f = perch_memdup0(filter.ptr, filter.len);
 	if (f == NULL)
 		return PERCH_ENOMEM;
@@ -955,14 +943,10 @@ void hub_broker_rx_done(hub_conn *c)
 	hub_broker *b = c->hub->broker;
 	if (c->paused || hub_store_backlog(b->store) < BACKLOG_HIGH)
 		return;
-	if (b->npaused == b->cappaused) {
-		size_t cap = b->cappaused ? b->cappaused * 2 : 16;
-		hub_conn **p = perch_realloc(b->paused, cap * sizeof(hub_conn *));
-		if (p == NULL)
-			return; /* not paused: the backlog grows a little more */
-		b->paused = p;
-		b->cappaused = cap;
-	}
+	hub_conn **p = perch_grow(b->paused, b->npaused, &b->cappaused, sizeof *p, 16);
+	if (p == NULL)
+		return; /* not paused: the backlog grows a little more */
+	b->paused = p;
 	b->paused[b->npaused++] = c;
 	c->paused = true;
 	lws_rx_flow_control(c->wsi, 0);

@@ -105,14 +105,10 @@ static perch_err qdelta(struct tx *tx, int64_t q, int64_t depth, int64_t bytes)
 			return PERCH_OK;
 		}
 	}
-	if (tx->nqd == tx->capqd) {
-		size_t cap = tx->capqd ? tx->capqd * 2 : 16;
-		struct qdelta *n = perch_realloc(tx->qd, cap * sizeof *n);
-		if (n == NULL)
-			return PERCH_ENOMEM;
-		tx->qd = n;
-		tx->capqd = cap;
-	}
+	struct qdelta *n = perch_grow(tx->qd, tx->nqd, &tx->capqd, sizeof *n, 16);
+	if (n == NULL)
+		return PERCH_ENOMEM;
+	tx->qd = n;
 	tx->qd[tx->nqd++] = (struct qdelta){q, depth, bytes};
 	return PERCH_OK;
 }

@@ -110,16 +110,12 @@ perch_err hub_subs_add(hub_subs *t, perch_slice filter, void *who, uint8_t qos, 
 			return PERCH_OK;
 		}
 	}
-	if (n->nsubs == n->capsubs) {
-		size_t cap = n->capsubs ? n->capsubs * 2 : 2;
-		hub_subs_entry *s = perch_realloc(n->subs, cap * sizeof *s);
-		if (s == NULL) {
-			prune(n);
-			return PERCH_ENOMEM;
-		}
-		n->subs = s;
-		n->capsubs = cap;
+	hub_subs_entry *s = perch_grow(n->subs, n->nsubs, &n->capsubs, sizeof *s, 2);
+	if (s == NULL) {
+		prune(n);
+		return PERCH_ENOMEM;
 	}
+	n->subs = s;
 	n->subs[n->nsubs++] = (hub_subs_entry){who, qos};
 	t->count++;
 	if (added)

@@ -3,6 +3,7 @@
  * sends. A cursor walks the topic left to right over the fixed words of each
  * shape; see iothub_topic.h for the shapes and the rules.
  */
+#include "outbuf.h"
 #include "perch/iothub_topic.h"
 
 #include <string.h>
@@ -272,42 +273,7 @@ done:
 
 /* --- builders ------------------------------------------------------------ */
 
-/* An output buffer being filled; overflow sticks. */
-typedef struct writer {
-	char *out;
-	size_t cap;
-	size_t n;
-	bool overflow;
-} writer;
-
-static void put(writer *w, perch_slice s)
-{
-	if (w->overflow || w->cap - w->n < s.len) {
-		w->overflow = true;
-		return;
-	}
-	if (s.len > 0)
-		memcpy(w->out + w->n, s.ptr, s.len);
-	w->n += s.len;
-}
-
-static void put_str(writer *w, const char *s)
-{
-	put(w, perch_slice_cstr(s));
-}
-
-static void put_u64(writer *w, uint64_t v)
-{
-	char tmp[20];
-	size_t n = 0;
-	do {
-		tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v > 0);
-	put(w, (perch_slice){tmp + sizeof tmp - n, n});
-}
-
-static void put_props(writer *w, const perch_props *props)
+static void put_props(outbuf *w, const perch_props *props)
 {
 	if (props == NULL || w->overflow)
 		return;
@@ -334,7 +300,7 @@ static bool name_ok(perch_slice s, bool is_rid)
 	return true;
 }
 
-static perch_err finish(const writer *w, size_t *out_len)
+static perch_err finish(const outbuf *w, size_t *out_len)
 {
 	if (w->overflow)
 		return PERCH_ETOOBIG;
@@ -347,14 +313,14 @@ perch_err perch_iothub_build_input(char *out, size_t cap, size_t *out_len, perch
 {
 	if (!name_ok(device, false) || !name_ok(module, false) || !name_ok(input, false))
 		return PERCH_EINVAL;
-	writer w = {out, cap, 0, false};
-	put_str(&w, "devices/");
-	put(&w, device);
-	put_str(&w, "/modules/");
-	put(&w, module);
-	put_str(&w, "/inputs/");
-	put(&w, input);
-	put_str(&w, "/");
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "devices/");
+	outbuf_put(&w, device);
+	outbuf_put_str(&w, "/modules/");
+	outbuf_put(&w, module);
+	outbuf_put_str(&w, "/inputs/");
+	outbuf_put(&w, input);
+	outbuf_put_str(&w, "/");
 	put_props(&w, props);
 	return finish(&w, out_len);
 }
@@ -364,10 +330,10 @@ perch_err perch_iothub_build_c2d(char *out, size_t cap, size_t *out_len, perch_s
 {
 	if (!name_ok(device, false))
 		return PERCH_EINVAL;
-	writer w = {out, cap, 0, false};
-	put_str(&w, "devices/");
-	put(&w, device);
-	put_str(&w, "/messages/devicebound/");
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "devices/");
+	outbuf_put(&w, device);
+	outbuf_put_str(&w, "/messages/devicebound/");
 	put_props(&w, props);
 	return finish(&w, out_len);
 }
@@ -377,23 +343,23 @@ perch_err perch_iothub_build_twin_response(char *out, size_t cap, size_t *out_le
 {
 	if (status < 100 || status > 999 || !name_ok(rid, true))
 		return PERCH_EINVAL;
-	writer w = {out, cap, 0, false};
-	put_str(&w, "$iothub/twin/res/");
-	put_u64(&w, status);
-	put_str(&w, "/?$rid=");
-	put(&w, rid);
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "$iothub/twin/res/");
+	outbuf_put_u64(&w, status);
+	outbuf_put_str(&w, "/?$rid=");
+	outbuf_put(&w, rid);
 	if (has_version) {
-		put_str(&w, "&$version=");
-		put_u64(&w, version);
+		outbuf_put_str(&w, "&$version=");
+		outbuf_put_u64(&w, version);
 	}
 	return finish(&w, out_len);
 }
 
 perch_err perch_iothub_build_desired(char *out, size_t cap, size_t *out_len, uint64_t version)
 {
-	writer w = {out, cap, 0, false};
-	put_str(&w, "$iothub/twin/PATCH/properties/desired/?$version=");
-	put_u64(&w, version);
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "$iothub/twin/PATCH/properties/desired/?$version=");
+	outbuf_put_u64(&w, version);
 	return finish(&w, out_len);
 }
 
@@ -402,11 +368,11 @@ perch_err perch_iothub_build_method_request(char *out, size_t cap, size_t *out_l
 {
 	if (!name_ok(name, false) || !name_ok(rid, true))
 		return PERCH_EINVAL;
-	writer w = {out, cap, 0, false};
-	put_str(&w, "$iothub/methods/POST/");
-	put(&w, name);
-	put_str(&w, "/?$rid=");
-	put(&w, rid);
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "$iothub/methods/POST/");
+	outbuf_put(&w, name);
+	outbuf_put_str(&w, "/?$rid=");
+	outbuf_put(&w, rid);
 	return finish(&w, out_len);
 }
 
@@ -415,11 +381,11 @@ perch_err perch_iothub_build_method_response(char *out, size_t cap, size_t *out_
 {
 	if (status < 100 || status > 999 || !name_ok(rid, true))
 		return PERCH_EINVAL;
-	writer w = {out, cap, 0, false};
-	put_str(&w, "$iothub/methods/res/");
-	put_u64(&w, status);
-	put_str(&w, "/?$rid=");
-	put(&w, rid);
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "$iothub/methods/res/");
+	outbuf_put_u64(&w, status);
+	outbuf_put_str(&w, "/?$rid=");
+	outbuf_put(&w, rid);
 	return finish(&w, out_len);
 }
 

@@ -6,6 +6,7 @@
  * mbedTLS error paths beyond the hash calls. Key material, inner hashes and
  * MACs are wiped with mbedtls_platform_zeroize before each function returns.
  */
+#include "outbuf.h"
 #include "perch/sas.h"
 
 #include <ctype.h>
@@ -121,26 +122,7 @@ static size_t format_u64(uint64_t v, char *buf)
 	return n;
 }
 
-/* An output buffer being filled; overflow sticks. */
-typedef struct writer {
-	char *out;
-	size_t cap;
-	size_t n;
-	bool overflow;
-} writer;
-
-static void put(writer *w, perch_slice s)
-{
-	if (w->overflow || w->cap - w->n < s.len) {
-		w->overflow = true;
-		return;
-	}
-	if (s.len > 0)
-		memcpy(w->out + w->n, s.ptr, s.len);
-	w->n += s.len;
-}
-
-static void put_js_encoded(writer *w, perch_slice s)
+static void put_js_encoded(outbuf *w, perch_slice s)
 {
 	size_t len;
 	if (w->overflow ||
@@ -186,17 +168,17 @@ perch_err perch_sas_sign(perch_slice resource, perch_slice key_name, perch_slice
 		goto out;
 	}
 	/* The order of azure-iot-common's toString: sr, sig, skn, se. */
-	writer w = {out, cap, 0, false};
-	put(&w, PERCH_SLICE_LIT(SAS_PREFIX "sr="));
-	put(&w, (perch_slice){sr, sr_len});
-	put(&w, PERCH_SLICE_LIT("&sig="));
+	outbuf w = {out, cap, 0, false};
+	outbuf_put(&w, PERCH_SLICE_LIT(SAS_PREFIX "sr="));
+	outbuf_put(&w, (perch_slice){sr, sr_len});
+	outbuf_put(&w, PERCH_SLICE_LIT("&sig="));
 	put_js_encoded(&w, (perch_slice){(const char *)mac_b64, b64_len});
 	if (key_name.len > 0) {
-		put(&w, PERCH_SLICE_LIT("&skn="));
+		outbuf_put(&w, PERCH_SLICE_LIT("&skn="));
 		put_js_encoded(&w, key_name);
 	}
-	put(&w, PERCH_SLICE_LIT("&se="));
-	put(&w, (perch_slice){se, se_len});
+	outbuf_put(&w, PERCH_SLICE_LIT("&se="));
+	outbuf_put(&w, (perch_slice){se, se_len});
 	if (w.overflow) {
 		err = PERCH_ETOOBIG;
 		goto out;

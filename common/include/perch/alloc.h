@@ -25,6 +25,16 @@ char *perch_strndup(const char *s, size_t n);
 /* Copies n bytes of src into a new block and adds a terminating NUL. */
 char *perch_memdup0(const void *src, size_t n);
 
+/*
+ * perch_grow makes room for one more element in a growable array: arr holds
+ * n elements of elem bytes in *cap slots. When n < *cap it returns arr;
+ * otherwise it reallocates to twice the slots (first when *cap is 0), updates
+ * *cap and returns the new array. Returns NULL when memory is refused (arr
+ * and *cap unchanged). Usage: p = perch_grow(a, n, &cap, sizeof *a, 16);
+ * if (p == NULL) fail; a = p; a[n++] = x;
+ */
+void *perch_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first);
+
 /* perch_alloc_bytes returns the bytes currently allocated through these
  * wrappers; perch_alloc_blocks the number of live blocks. */
 size_t perch_alloc_bytes(void);
