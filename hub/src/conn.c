@@ -9,7 +9,10 @@
  * already sent is overwritten. Several packets go out in one write (and, over
  * WebSocket, in one binary frame).
  */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "hub.h"
@@ -48,6 +51,9 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 		snprintf(c->peer, sizeof c->peer, "?");
 	else if (strncmp(c->peer, "::ffff:", 7) == 0) /* an IPv4 peer on a dual-stack socket */
 		memmove(c->peer, c->peer + 7, strlen(c->peer + 7) + 1);
+	/* Small MQTT packets must not wait for Nagle's algorithm. */
+	int one = 1;
+	(void)setsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	perch_mqtt_decoder_init(&c->dec, PERCH_MQTT_SERVER, (size_t)h->cfg.max_packet_size,
 	                        (size_t)h->cfg.max_connect_size);
 	if ((int64_t)h->nconns >= h->cfg.max_connections) {
