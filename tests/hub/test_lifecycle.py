@@ -142,3 +142,46 @@ def test_tls_mosquitto_clients(make_broker, tls_files):
         if sub.poll() is None:
             sub.kill()
             sub.wait(5)
+
+
+def _client_ca(dirpath):
+    """A CA, a client certificate it signed, and one signed by nobody it trusts."""
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, timeout=60)
+    ca_key, ca = os.path.join(dirpath, "ca.key"), os.path.join(dirpath, "ca.crt")
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=perch-test-ca", "-keyout", ca_key, "-out", ca)
+    out = {}
+    for name, signer in (("good", (ca, ca_key)), ("rogue", None)):
+        key, csr, crt = (os.path.join(dirpath, f"{name}.{x}") for x in ("key", "csr", "crt"))
+        if signer:
+            run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", key, "-out", csr)
+            run("openssl", "x509", "-req", "-in", csr, "-CA", signer[0], "-CAkey", signer[1],
+                "-CAcreateserial", "-days", "2", "-out", crt)
+        else:
+            run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", f"/CN={name}", "-keyout", key, "-out", crt)
+        out[name] = (crt, key)
+    return ca, out
+
+
+def test_tls_client_certificates_optional(make_broker, tls_files, workdir):
+    """--tls-client-ca: a client with a certificate from that CA and a client with
+    none both connect; a certificate from an unknown CA fails the handshake."""
+    if h.AGAINST != "perch":
+        pytest.skip("n/a for mosquitto: perch-hub's --tls-client-ca flag")
+    ca, certs = _client_ca(workdir)
+    b = make_broker(listeners=("mqtt", "mqtts"), tls=tls_files,
+                    extra_args=("--tls-client-ca", ca))
+    port = str(b.ports["mqtts"])
+    base = ["mosquitto_pub", "-h", HOST, "-p", port, "--cafile", tls_files[0],
+            "-t", "tls/cc", "-m", "x", "-q", "1"]
+    with_cert = subprocess.run(base + ["--cert", certs["good"][0], "--key", certs["good"][1]],
+                               capture_output=True, timeout=15)
+    assert with_cert.returncode == 0, with_cert.stderr.decode()
+    without = subprocess.run(base, capture_output=True, timeout=15)
+    assert without.returncode == 0, without.stderr.decode()
+    rogue = subprocess.run(base + ["--cert", certs["rogue"][0], "--key", certs["rogue"][1]],
+                           capture_output=True, timeout=15)
+    assert rogue.returncode != 0, "a certificate from an unknown CA was accepted"
+    assert b.alive()
