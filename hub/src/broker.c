@@ -372,7 +372,8 @@ static void starve(hub_broker *b, hub_session *s)
 	hub_queue_get_stats(s->queue, &qs);
 	if (qs.depth <= s->ninfl)
 		return;
-	hub_session **n = perch_grow(b->starved, b->nstarved, &b->capstarved, sizeof *n, 16);
+	hub_session **n =
+	        perch_grow(b->starved, b->nstarved, &b->capstarved, sizeof(hub_session *), 16);
 	if (n == NULL)
 		return; /* retried at its next publish or ack */
 	b->starved = n;
@@ -477,7 +478,8 @@ static void on_match(void *who, uint8_t qos, void *arg)
 			s->match_qos = qos;
 		return;
 	}
-	hub_session **m = perch_grow(b->matched, b->nmatched, &b->capmatched, sizeof *m, 64);
+	hub_session **m =
+	        perch_grow(b->matched, b->nmatched, &b->capmatched, sizeof(hub_session *), 64);
 	if (m == NULL)
 		return; /* counted by the caller as fewer deliveries */
 	b->matched = m;
@@ -943,7 +945,7 @@ void hub_broker_rx_done(hub_conn *c)
 	hub_broker *b = c->hub->broker;
 	if (c->paused || hub_store_backlog(b->store) < BACKLOG_HIGH)
 		return;
-	hub_conn **p = perch_grow(b->paused, b->npaused, &b->cappaused, sizeof *p, 16);
+	hub_conn **p = perch_grow(b->paused, b->npaused, &b->cappaused, sizeof(hub_conn *), 16);
 	if (p == NULL)
 		return; /* not paused: the backlog grows a little more */
 	b->paused = p;
