@@ -185,3 +185,24 @@ def test_tls_client_certificates_optional(make_broker, tls_files, workdir):
                            capture_output=True, timeout=15)
     assert rogue.returncode != 0, "a certificate from an unknown CA was accepted"
     assert b.alive()
+
+
+@pytest.mark.perch_only("perch-hub's store")
+def test_corrupt_store_moved_aside(make_broker, workdir):
+    """A store that is not a database is moved aside with a loud log line; the
+    hub starts clean and works (no crash loop), and the evidence is kept."""
+    data = os.path.join(workdir, "data")
+    os.makedirs(data, exist_ok=True)
+    with open(os.path.join(data, "hub.db"), "wb") as f:
+        f.write(b"this is not an SQLite database " * 200)
+    b = make_broker(listeners=("mqtt",), data_dir=data)
+    assert b.wait_log(r"corrupt|moved aside|unreadable", 0, timeout=5), b.log_tail()
+    moved = [n for n in os.listdir(data) if n.startswith("hub.db.corrupt-")]
+    assert moved, f"damaged store not kept: {os.listdir(data)}"
+    sub = h.raw_client(b, "tcp", client_id="after-corrupt", clean=False)
+    sub.subscribe([("c/#", 1)])
+    pub = h.raw_client(b, "tcp", client_id="after-corrupt-pub")
+    pub.publish("c/t", b"works", qos=1, timeout=5)
+    got = sub.messages(1, timeout=5)
+    assert got and got[0].payload == b"works"
+    assert b.stop() == 0, b.log_tail()
