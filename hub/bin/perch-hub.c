@@ -70,13 +70,26 @@ typedef struct flag {
 	const char *value;
 } flag;
 
-static int fail_start(const char *what)
+/* The command line: flags are applied after the config file is read. */
+typedef struct args {
+	const char *config;
+	flag *flags; /* nflags, values borrowed from argv or owned[] */
+	size_t nflags;
+	char **owned; /* nowned keys copied for --set */
+	size_t nowned;
+} args;
+
+static void args_free(args *a)
 {
-	PERCH_ERROR("hub", "perch-hub cannot start: %s", what);
-	return 1;
+	for (size_t i = 0; i < a->nowned; i++)
+		perch_free(a->owned[i]);
+	perch_free(a->owned);
+	perch_free(a->flags);
+	memset(a, 0, sizeof *a);
 }
 
-int main(int argc, char **argv)
+/* parse_args reads argv into a; returns -1 to go on, or the exit code. */
+static int parse_args(int argc, char **argv, args *a)
 {
 	static const struct option opts[] = {
 	        {"config", required_argument, NULL, 'c'},
@@ -93,25 +106,31 @@ int main(int argc, char **argv)
 	        {"version", no_argument, NULL, 'V'},
 	        {NULL, 0, NULL, 0},
 	};
-	const char *config = NULL;
-	flag *flags = perch_calloc((size_t)argc + 1, sizeof *flags);
-	char **owned = perch_calloc((size_t)argc + 1, sizeof *owned);
-	size_t nflags = 0, nowned = 0;
-	if (flags == NULL || owned == NULL)
+	a->flags = perch_calloc((size_t)argc + 1, sizeof *a->flags);
+	a->owned = perch_calloc((size_t)argc + 1, sizeof *a->owned);
+	if (a->flags == NULL || a->owned == NULL)
 		return 1;
+	static const struct {
+		int opt;
+		const char *key;
+	} simple[] = {{'l', "hub.listen"},       {'d', "hub.data_dir"}, {'m', "hub.metrics"},
+	              {'v', "hub.log_level"},    {'C', "hub.tls.cert"}, {'K', "hub.tls.key"},
+	              {'A', "hub.tls.client_ca"}};
 	int opt;
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		bool done = false;
+		for (size_t i = 0; i < sizeof simple / sizeof simple[0] && !done; i++) {
+			if (simple[i].opt == opt) {
+				a->flags[a->nflags++] = (flag){simple[i].key, optarg};
+				done = true;
+			}
+		}
+		if (done)
+			continue;
 		switch (opt) {
-		case 'c': config = optarg; break;
-		case 'l': flags[nflags++] = (flag){"hub.listen", optarg}; break;
-		case 'd': flags[nflags++] = (flag){"hub.data_dir", optarg}; break;
-		case 'a': flags[nflags++] = (flag){"hub.allow_anonymous", "true"}; break;
-		case 'm': flags[nflags++] = (flag){"hub.metrics", optarg}; break;
-		case 'v': flags[nflags++] = (flag){"hub.log_level", optarg}; break;
-		case 'C': flags[nflags++] = (flag){"hub.tls.cert", optarg}; break;
-		case 'K': flags[nflags++] = (flag){"hub.tls.key", optarg}; break;
-		case 'A': flags[nflags++] = (flag){"hub.tls.client_ca", optarg}; break;
+		case 'c': a->config = optarg; break;
+		case 'a': a->flags[a->nflags++] = (flag){"hub.allow_anonymous", "true"}; break;
 		case 's': {
 			char *eq = strchr(optarg, '=');
 			if (eq == NULL) {
@@ -122,8 +141,8 @@ int main(int argc, char **argv)
 			char *key = perch_strndup(optarg, (size_t)(eq - optarg));
 			if (key == NULL)
 				return 1;
-			owned[nowned++] = key;
-			flags[nflags++] = (flag){key, eq + 1};
+			a->owned[a->nowned++] = key;
+			a->flags[a->nflags++] = (flag){key, eq + 1};
 			break;
 		}
 		case 'h': usage(stdout); return 0;
@@ -139,14 +158,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, "perch-hub: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return 2;
 	}
-	signal(SIGPIPE, SIG_IGN);
+	return -1;
+}
 
-	hub *h = &the_hub;
-	hub_metrics metrics = {0};
-	h->metrics = &metrics;
+/*
+ * load_settings fills h->cfg: defaults, then the config file (the given one,
+ * or the default path if it exists), then the flags. On failure it has
+ * logged why, in one line per problem, and returns the error.
+ */
+static perch_err load_settings(hub *h, const args *a)
+{
 	if (perch_cfg_defaults(hub_settings_table, hub_settings_count, &h->cfg) != PERCH_OK)
-		return fail_start("out of memory");
-	const char *path = config;
+		return PERCH_ENOMEM;
+	const char *path = a->config;
 	if (path == NULL && access(DEFAULT_CONFIG, F_OK) == 0)
 		path = DEFAULT_CONFIG;
 	if (path != NULL) {
@@ -156,32 +180,60 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < errs.n; i++)
 			PERCH_ERROR("hub", "%s", errs.msg[i]);
 		perch_cfg_errors_free(&errs);
-		if (err != PERCH_OK)
-			return fail_start("configuration file has errors (see above)");
+		if (err != PERCH_OK) {
+			PERCH_ERROR("hub",
+			            "perch-hub cannot start: the configuration file has errors");
+			return err;
+		}
 	}
 	/* --listen replaces the file's listeners rather than adding to them. */
-	for (size_t i = 0; i < nflags; i++) {
-		if (strcmp(flags[i].key, "hub.listen") != 0)
+	for (size_t i = 0; i < a->nflags; i++) {
+		if (strcmp(a->flags[i].key, "hub.listen") != 0)
 			continue;
 		for (size_t k = 0; k < h->cfg.listen.n; k++)
 			perch_free(h->cfg.listen.items[k]);
 		h->cfg.listen.n = 0;
 		break;
 	}
-	for (size_t i = 0; i < nflags; i++) {
+	for (size_t i = 0; i < a->nflags; i++) {
 		char why[300];
-		if (perch_cfg_set(hub_settings_table, hub_settings_count, flags[i].key,
-		                  flags[i].value, &h->cfg, why, sizeof why) != PERCH_OK)
-			return fail_start(why);
+		perch_err err =
+		        perch_cfg_set(hub_settings_table, hub_settings_count, a->flags[i].key,
+		                      a->flags[i].value, &h->cfg, why, sizeof why);
+		if (err != PERCH_OK) {
+			PERCH_ERROR("hub", "perch-hub cannot start: %s", why);
+			return err;
+		}
 	}
-	for (size_t i = 0; i < nowned; i++)
-		perch_free(owned[i]);
-	perch_free(owned);
-	perch_free(flags);
 	perch_log_level level;
-	if (perch_log_parse_level(h->cfg.log_level, &level) != PERCH_OK)
-		return fail_start("bad log level (error, warn, notice, info or debug)");
+	if (perch_log_parse_level(h->cfg.log_level, &level) != PERCH_OK) {
+		PERCH_ERROR("hub",
+		            "perch-hub cannot start: bad log level '%s' (error, warn, "
+		            "notice, info or debug)",
+		            h->cfg.log_level);
+		return PERCH_EINVAL;
+	}
 	perch_log_set_level(level);
+	return PERCH_OK;
+}
+
+int main(int argc, char **argv)
+{
+	args a = {0};
+	int rc = parse_args(argc, argv, &a);
+	if (rc >= 0) {
+		args_free(&a);
+		return rc;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	hub *h = &the_hub;
+	hub_metrics metrics = {0};
+	h->metrics = &metrics;
+	perch_err err = load_settings(h, &a);
+	args_free(&a);
+	rc = 1;
+	if (err != PERCH_OK)
+		goto out;
 
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -189,15 +241,17 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 
-	int rc = 0;
 	if (hub_broker_open(h) != PERCH_OK) {
-		rc = fail_start("the data dir or store is unusable (see above)");
+		PERCH_ERROR("hub", "perch-hub cannot start: the data dir or store is unusable "
+		                   "(see above)");
 		goto out;
 	}
 	if (hub_listen_start(h) != PERCH_OK) {
-		rc = fail_start("a listener could not be opened (see above)");
+		PERCH_ERROR("hub",
+		            "perch-hub cannot start: a listener could not be opened (see above)");
 		goto out;
 	}
+	rc = 0;
 	hub_listen_run(h);
 	PERCH_NOTICE("hub", "stopping: closing %zu connections and flushing the store", h->nconns);
 out:
