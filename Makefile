@@ -133,7 +133,7 @@ $(foreach n,$(FUZZ_NAMES),$(eval $(call REPLAY_RULE,$(n))))
 # libFuzzer builds: clang, every library source compiled again with coverage.
 FUZZ_CFLAGS := $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined \
                -fno-sanitize-recover=all $(INCS) $(PKG_CFLAGS) -DPERCH_FUZZING=1
-FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC)
+FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC) $(call daemon_src,agent)
 fobj = $(patsubst %.c,$(O)/fuzzobj/%.o,$(1))
 $(O)/fuzzobj/%.o: %.c
 	@mkdir -p $(@D)
