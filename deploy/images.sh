@@ -54,8 +54,13 @@ eval "$(bash deploy/perch-env.sh env)"
 [ -n "${PERCH_REGISTRY:-}" ] || die "deploy/perch-env.sh env gave no PERCH_REGISTRY"
 
 # --- static binaries ---------------------------------------------------------------
-# The project's libraries, built by the main Makefile into $O/lib.
-make -s O="$O" "$O/lib/libperch_common.a" "$O/lib/libperch_proto.a" >&2 ||
+# The project's libraries, built by the main Makefile — always the plain
+# release build, in a folder of their own: under `make asan` the parent's
+# SAN=1 reaches us through MAKEFLAGS, and sanitizer objects cannot be linked
+# into a static binary.
+libs=$O/modules/libs
+env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s O="$libs" SAN= \
+	"$libs/lib/libperch_common.a" "$libs/lib/libperch_proto.a" >&2 ||
 	die "building the project's libraries failed"
 
 # The project's strict flags; no PIE: a static binary that runs FROM scratch.
@@ -75,7 +80,7 @@ for mod in temp-sensor filter; do
 	# shellcheck disable=SC2086 # libs_of holds several words on purpose
 	if ! gcc "${cflags[@]}" -static -s -o "$out/$mod.tmp" \
 		"deploy/modules/$mod/main.c" deploy/modules/common/modclient.c \
-		"$O/lib/libperch_proto.a" "$O/lib/libperch_common.a" ${libs_of[$mod]} \
+		"$libs/lib/libperch_proto.a" "$libs/lib/libperch_common.a" ${libs_of[$mod]} \
 		2>"$out/cc.log"; then
 		cat "$out/cc.log" >&2
 		die "compiling $mod failed"
