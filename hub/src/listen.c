@@ -250,6 +250,17 @@ static perch_err probe_bind(const char *url, const char *host, int port)
 	return err;
 }
 
+/*
+ * ipv6_option keeps lws's IPv6 support for IPv6 hosts only. With it on, lws
+ * could not match an IPv4 address such as 127.0.0.1 to an interface here
+ * and silently bound the port on every interface: a loopback-only listener
+ * was reachable from the network.
+ */
+static uint64_t ipv6_option(const char *host)
+{
+	return strchr(host, ':') != NULL ? 0 : LWS_SERVER_OPTION_DISABLE_IPV6;
+}
+
 static perch_err create_vhost(hub *h, const char *url, const listen_url *lu, int idx)
 {
 	struct lws_context_creation_info info;
@@ -261,7 +272,7 @@ static perch_err create_vhost(hub *h, const char *url, const listen_url *lu, int
 	info.port = lu->port;
 	/* lws takes an interface name or an IP address; "" or 0.0.0.0 = all. */
 	info.iface = (lu->host[0] && strcmp(lu->host, "0.0.0.0") != 0) ? lu->host : NULL;
-	info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+	info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND | ipv6_option(lu->host);
 	bool tls = lu->kind == LISTEN_WSS || lu->kind == LISTEN_MQTTS;
 	if (lu->kind == LISTEN_MQTT || lu->kind == LISTEN_MQTTS) {
 		info.protocols = raw_protocols;
@@ -318,7 +329,7 @@ static perch_err create_metrics_vhost(hub *h)
 	info.port = port;
 	info.iface = (host[0] && strcmp(host, "0.0.0.0") != 0) ? host : NULL;
 	info.protocols = http_protocols;
-	info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+	info.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND | ipv6_option(host);
 	if (lws_create_vhost(h->ctx, &info) == NULL) {
 		PERCH_ERROR(LOG_MOD, "cannot serve metrics on %s", h->cfg.metrics);
 		return PERCH_EIO;

@@ -206,3 +206,23 @@ def test_corrupt_store_moved_aside(make_broker, workdir):
     got = sub.messages(1, timeout=5)
     assert got and got[0].payload == b"works"
     assert b.stop() == 0, b.log_tail()
+
+
+@pytest.mark.perch_only("perch-hub's listeners")
+def test_listeners_bind_only_the_given_address(make_broker):
+    """A listener on 127.0.0.1 binds 127.0.0.1, not every interface (lws, left
+    to itself, bound '*' here); the same port on two addresses works."""
+    b = make_broker(listeners=("mqtt", "ws"))
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, timeout=10).stdout
+    for name, port in b.ports.items():
+        local = [line.split()[3] for line in out.splitlines()
+                 if line.split()[3].endswith(f":{port}")]
+        assert local == [f"{HOST}:{port}"], f"{name} listener bound {local}, want {HOST}:{port} only"
+    if b.metrics_port:
+        local = [line.split()[3] for line in out.splitlines()
+                 if line.split()[3].endswith(f":{b.metrics_port}")]
+        assert local == [f"{HOST}:{b.metrics_port}"], f"metrics bound {local}"
+    # The same port on another loopback address is free to take.
+    port = b.ports["mqtt"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", port))
