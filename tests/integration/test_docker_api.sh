@@ -19,6 +19,7 @@
 #
 # Run by tests/run.sh (O, PERCH_ROOT set); alone: bash tests/integration/test_docker_api.sh
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 O=${O:-build}
@@ -30,17 +31,7 @@ start=$SECONDS
 tag=$$
 containers=() bg_pids=() nets=() env_dirs=()
 
-ok() { echo "ok   - $*"; }
-fail() { echo "FAIL - $*" >&2; exit 1; }
 
-free_port() {
-	local p i
-	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 40000))
-		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
-	done
-	fail "no free port found"
-}
 
 cleanup() {
 	local rc=$? c p n dir

@@ -8,32 +8,15 @@
 #
 # Run by tests/run.sh (PERCH_ROOT = repo root); alone: bash tests/integration/test_env.sh
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 perch_env=$root/deploy/perch-env.sh
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/perch-test-env.XXXXXX")
 start=$SECONDS
 
-# running PID: is PID a live process? (A zombie is not: this machine's init
-# reaps exited orphans late.)
-running() {
-	local st
-	st=$(sed -n 's/^.*) \(.\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-	[ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
 
-ok() { echo "ok   - $*"; }
-fail() { echo "FAIL - $*" >&2; exit 1; }
 
-# free_port: a TCP port nothing listens on.
-free_port() {
-	local p i
-	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 40000))
-		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
-	done
-	fail "no free port found"
-}
 
 unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
 PERCH_REGISTRY_PORT=$(free_port)

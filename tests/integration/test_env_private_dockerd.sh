@@ -9,31 +9,15 @@
 # Run by tests/run.sh (PERCH_ROOT = repo root); alone:
 #   bash tests/integration/test_env_private_dockerd.sh
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 perch_env=$root/deploy/perch-env.sh
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/perch-test-penv.XXXXXX")
 start=$SECONDS
 
-# running PID: is PID a live process? (A zombie is not: this machine's init
-# reaps exited orphans late.)
-running() {
-	local st
-	st=$(sed -n 's/^.*) \(.\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-	[ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
 
-ok() { echo "ok   - $*"; }
-fail() { echo "FAIL - $*" >&2; exit 1; }
 
-free_port() {
-	local p i
-	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 40000))
-		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
-	done
-	fail "no free port found"
-}
 
 main_sock=/var/run/docker.sock
 main_answers() { [ "$(curl -s --max-time 3 --unix-socket "$main_sock" http://localhost/_ping 2>/dev/null)" = OK ]; }
