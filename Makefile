@@ -37,7 +37,7 @@ ifeq ($(SAN),1)
   LDOPT  := -fsanitize=address,undefined
 else
   OPT    := -O2 -g -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
-  LDOPT  := -pie -Wl,-z,relro,-z,now
+  LDOPT  := -pie -Wl,-z,relro,-z,now -Wl,--as-needed
 endif
 
 CFLAGS   ?=

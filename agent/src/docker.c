@@ -159,7 +159,7 @@ free_hdrs:
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(hdrs);
 free_js:
-	free(js);
+	agent_docker_json_text_free(js);
 	return err;
 }
 
@@ -752,7 +752,7 @@ perch_err agent_docker_op_new(agent_docker *d, agent_docker_op_kind kind, const 
 		if (js == NULL)
 			goto nomem;
 		op->req_body = perch_strdup(js);
-		free(js);
+		agent_docker_json_text_free(js);
 		if (op->req_body == NULL)
 			goto nomem;
 		op->hdrs = curl_slist_append(NULL, "Content-Type: application/json");

@@ -187,4 +187,8 @@ void agent_docker_events_headers(agent_docker_op *op);
 void agent_docker_events_end(agent_docker_op *op, perch_err err, const char *msg);
 void agent_docker_events_tick(agent_docker *d); /* reconnect when due */
 
+/* agent_docker_json_text_free frees text from json_dumps with jansson's own
+ * free function (the agent points jansson at perch_malloc/perch_free). */
+void agent_docker_json_text_free(char *text);
+
 #endif /* AGENT_DOCKER_INT_H */

@@ -106,7 +106,7 @@ perch_err agent_docker_registry_auth(const agent_docker_auth *auth, char **out)
 free_js:
 	/* jansson's buffer holds the password in clear: wipe it. */
 	memset(js, 0, strlen(js));
-	free(js);
+	agent_docker_json_text_free(js);
 free_obj:
 	json_decref(o);
 out:
@@ -148,7 +148,7 @@ perch_err agent_docker_list_query(const char *label, bool all, char *out, size_t
 		return PERCH_ENOMEM;
 	char enc[1024];
 	perch_err err = agent_docker_urlenc(js, enc, sizeof enc);
-	free(js);
+	agent_docker_json_text_free(js);
 	if (err != PERCH_OK)
 		return err;
 	n = snprintf(out, cap, "/containers/json?all=%d&filters=%s", all ? 1 : 0, enc);
@@ -443,4 +443,13 @@ perch_err agent_docker_state_parse(const json_t *obj, agent_docker_state *st)
 	st->pid = (long)int_or(s, "Pid", 0);
 	st->restart_count = (int)int_or(obj, "RestartCount", 0);
 	return PERCH_OK;
+}
+
+void agent_docker_json_text_free(char *text)
+{
+	json_malloc_t m;
+	json_free_t f;
+	json_get_alloc_funcs(&m, &f);
+	(void)m;
+	f(text);
 }

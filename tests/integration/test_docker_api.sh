@@ -158,7 +158,7 @@ out=$("$probe" network-rm "$net") && fail "second network-rm succeeded"
 ok "network $net created (bridge, labelled), removed; removing again: ENOENT"
 
 # --- containers and events ---------------------------------------------------------------------
-"$probe" events 30 2 >"$tmp/events.log" 2>"$tmp/events.err" &
+"$probe" events 30 2 test >"$tmp/events.log" 2>"$tmp/events.err" &
 bg_pids+=($!)
 ev_pid=$!
 for ((i = 0; i < 50; i++)); do grep -q '^connected' "$tmp/events.log" && break; sleep 0.1; done

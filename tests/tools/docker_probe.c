@@ -10,7 +10,9 @@
  *   docker_probe ... create NAME JSON | start REF | stop REF SECS | kill REF [SIG]
  *   docker_probe ... remove REF [force] | inspect REF | list LABEL
  *   docker_probe ... image REF | image-rm REF | network NAME | network-rm NAME
- *   docker_probe ... events SECONDS [EXIT_AFTER_N_DIES]
+ *   docker_probe ... events SECONDS [EXIT_AFTER_N_DIES [OWNER]]  (counts only dies
+ *                   of containers labelled perch.owner=OWNER, when given: the
+ *                   engine is shared with other tests)
  *   docker_probe ... stall-pull RUN_IMAGE   (a pull against a registry that
  *       accepts and never answers, and short calls meanwhile)
  */
@@ -157,6 +159,7 @@ static int cmd_pull(agent_docker *d, int argc, char **argv)
 
 struct ev_state {
 	int dies, exit_after;
+	const char *owner; /* count only this perch.owner's dies; NULL: all */
 };
 
 static void on_event(void *ud, const agent_docker_event *ev)
@@ -174,7 +177,8 @@ static void on_event(void *ud, const agent_docker_event *ev)
 		       "owner=%s\n",
 		       wall_ms(), ev->action_text, ev->id, ev->name, ev->exit_code, ev->health,
 		       ev->signal, owner ? owner : "");
-		if (ev->action == AGENT_DOCKER_ACT_DIE)
+		if (ev->action == AGENT_DOCKER_ACT_DIE &&
+		    (es->owner == NULL || (owner != NULL && strcmp(owner, es->owner) == 0)))
 			es->dies++;
 		break;
 	}
@@ -186,7 +190,8 @@ static int cmd_events(agent_docker *d, int argc, char **argv)
 {
 	if (argc < 1)
 		usage();
-	struct ev_state es = {.exit_after = argc > 1 ? (int)num(argv[1]) : 0};
+	struct ev_state es = {.exit_after = argc > 1 ? (int)num(argv[1]) : 0,
+	                      .owner = argc > 2 ? argv[2] : NULL};
 	perch_err err = agent_docker_events_start(d, on_event, &es);
 	if (err != PERCH_OK)
 		return report(d, err);

@@ -1,0 +1,199 @@
+/*
+ * hubproc.c — perch-hub as perch-agent's child: started before any module,
+ * probed until it accepts TCP connections on 127.0.0.1:agent.hub.port
+ * (modules wait for that, at most agent.hub.ready_timeout), restarted when
+ * it dies (at once, then 1 s doubling to 30 s; reset after 60 s up), and
+ * stopped with SIGTERM when the agent stops — or dies (PR_SET_PDEATHSIG).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "perch/alloc.h"
+#include "perch/log.h"
+
+static const agent_backoff hub_backoff = {.base_ms = 1000, .max_ms = 30000, .healthy_ms = 60000};
+
+void agent_hub_init(agent *a, const char *argv0)
+{
+	agent_hubproc *h = &a->hub;
+	memset(h, 0, sizeof *h);
+	if (a->cfg.hub_path != NULL) {
+		h->path = perch_strdup(a->cfg.hub_path);
+		return;
+	}
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0) {
+		snprintf(self, sizeof self, "%s", argv0);
+		n = (ssize_t)strlen(self);
+	}
+	self[n] = '\0';
+	char *slash = strrchr(self, '/');
+	char path[PATH_MAX + 16];
+	if (slash != NULL) {
+		*slash = '\0';
+		snprintf(path, sizeof path, "%s/perch-hub", self);
+	} else {
+		snprintf(path, sizeof path, "perch-hub");
+	}
+	h->path = perch_strdup(path);
+}
+
+static void hub_spawn(agent *a)
+{
+	agent_hubproc *h = &a->hub;
+	size_t n = a->cfg.hub_args.n;
+	char **argv = perch_calloc(n + 4, sizeof *argv);
+	if (argv == NULL)
+		return;
+	size_t k = 0;
+	argv[k++] = h->path;
+	if (a->config_path != NULL) {
+		argv[k++] = (char *)"--config";
+		argv[k++] = a->config_path;
+	}
+	for (size_t i = 0; i < n; i++)
+		argv[k++] = a->cfg.hub_args.items[i];
+	argv[k] = NULL;
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* The hub dies with the agent (even a kill -9 of it): a restarted
+		 * agent never finds an orphan hub holding the port. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			_exit(0);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		execv(argv[0], argv);
+		fprintf(stderr, "perch-agent: cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	perch_free(argv);
+	if (pid < 0) {
+		PERCH_ERROR("agent", "cannot fork perch-hub: %s", strerror(errno));
+		return;
+	}
+	h->pid = pid;
+	h->ready = false;
+	h->start_ms = agent_now_ms();
+	h->next_ms = h->start_ms + 50;
+	PERCH_NOTICE("agent", "started perch-hub %s (pid %d)", h->path, (int)pid);
+}
+
+static bool hub_accepts(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	struct sockaddr_in sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+	close(fd);
+	return ok;
+}
+
+int agent_hub_tick(agent *a)
+{
+	agent_hubproc *h = &a->hub;
+	if (!a->cfg.hub_enabled)
+		return -1;
+	int64_t now = agent_now_ms();
+	if (now < h->next_ms)
+		return (int)(h->next_ms - now);
+	if (h->pid == 0) {
+		hub_spawn(a);
+		return 50;
+	}
+	if (h->ready) {
+		if (h->deaths > 0 && agent_restart_reset(&hub_backoff, now - h->start_ms))
+			h->deaths = 0;
+		h->next_ms = now + 5000;
+		return 5000;
+	}
+	if (hub_accepts((int)a->cfg.hub_port)) {
+		h->ready = true;
+		PERCH_NOTICE("agent", "perch-hub accepts connections on port %d after %lld ms",
+		             (int)a->cfg.hub_port, (long long)(now - h->start_ms));
+		if (!h->ever_ready) {
+			h->ever_ready = true;
+			a->dirty = true;
+		}
+		return 0;
+	}
+	if (!h->ever_ready && now - h->start_ms >= a->cfg.hub_ready_ms) {
+		PERCH_WARN("agent",
+		           "perch-hub does not accept connections on port %d after %lld ms: "
+		           "starting modules anyway",
+		           (int)a->cfg.hub_port, (long long)(now - h->start_ms));
+		h->ever_ready = true;
+		a->dirty = true;
+	}
+	h->next_ms = now + 50;
+	return 50;
+}
+
+void agent_hub_reap(agent *a)
+{
+	agent_hubproc *h = &a->hub;
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid != h->pid)
+			continue;
+		h->last_status = status;
+		if (WIFEXITED(status))
+			PERCH_ERROR("agent", "perch-hub (pid %d) exited with %d", (int)pid,
+			            WEXITSTATUS(status));
+		else
+			PERCH_ERROR("agent", "perch-hub (pid %d) killed by signal %d", (int)pid,
+			            WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+		h->pid = 0;
+		h->ready = false;
+		int64_t delay = agent_restart_delay_ms(&hub_backoff, h->deaths);
+		h->deaths++;
+		h->next_ms = agent_now_ms() + delay;
+		PERCH_NOTICE("agent", "restarting perch-hub in %lld ms", (long long)delay);
+	}
+}
+
+void agent_hub_stop(agent *a)
+{
+	agent_hubproc *h = &a->hub;
+	if (h->pid > 0) {
+		kill(h->pid, SIGTERM);
+		for (int i = 0; i < 100; i++) {
+			if (waitpid(h->pid, NULL, WNOHANG) == h->pid) {
+				h->pid = 0;
+				break;
+			}
+			struct timespec ts = {.tv_sec = 0, .tv_nsec = 50000000};
+			nanosleep(&ts, NULL);
+		}
+		if (h->pid > 0) {
+			kill(h->pid, SIGKILL);
+			waitpid(h->pid, NULL, 0);
+			h->pid = 0;
+		}
+	}
+	perch_free(h->path);
+	h->path = NULL;
+}

@@ -1,0 +1,798 @@
+/*
+ * reconcile.c — make Docker look like the deployment, and keep it so.
+ *
+ * Level-triggered: agent_reconcile reads the owned containers (list by the
+ * perch.owner label, inspect each) and acts on the difference, in
+ * startupOrder: remove owned containers of modules no longer deployed;
+ * recreate a container whose perch.hash differs; pull (asynchronously) an
+ * absent image; create and start a missing container; restart an exited
+ * one as its restartPolicy says, with backoff (restart.c); stop a module
+ * whose status is stopped. It runs when an event says something changed
+ * (die, health, destroy, the events stream (re)connecting), when a
+ * deployment is applied, when a backoff or pull retry is due, and every
+ * 10 s as a safety net. Containers without perch.owner=perch-agent are never
+ * touched.
+ *
+ * Deployments: a manifest text that parses becomes the applied deployment
+ * and is stored (state.c); one that does not is refused as a whole, each
+ * error logged with its JSON path, and the applied one stays.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "agent.h"
+#include "perch/alloc.h"
+#include "perch/log.h"
+
+#define RESYNC_MS      10000 /* safety-net reconcile period */
+#define PULL_TIMEOUTMS 600000
+
+typedef struct pull_ctx {
+	agent *a;
+	char name[AGENT_MANIFEST_MAX_NAME + 1];
+	char image[512];
+} pull_ctx;
+
+__attribute__((format(printf, 3, 4))) static void set_desc(agent_mod *m, agent_runtime rt,
+                                                           const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m->desc, sizeof m->desc, fmt, ap);
+	va_end(ap);
+	perch_log_redact(m->desc, sizeof m->desc);
+	m->rt = rt;
+}
+
+static agent_mod *find_mod(agent *a, const char *name)
+{
+	for (size_t i = 0; i < a->n_mods; i++)
+		if (strcmp(a->mods[i].name, name) == 0)
+			return &a->mods[i];
+	return NULL;
+}
+
+static void cancel_pull(agent *a, agent_mod *m)
+{
+	if (m->pull_op != NULL)
+		agent_docker_cancel(a->docker, m->pull_op);
+	perch_free(m->pull_ctx);
+	m->pull_op = NULL;
+	m->pull_ctx = NULL;
+	m->pulling = false;
+}
+
+void agent_mods_free(agent *a)
+{
+	for (size_t i = 0; i < a->n_mods; i++)
+		cancel_pull(a, &a->mods[i]);
+	perch_free(a->mods);
+	a->mods = NULL;
+	a->n_mods = 0;
+}
+
+/* ---- images and registries --------------------------------------------------- */
+
+/* split_ref cuts "host:5000/a/b:tag" into name and tag ("latest" when none;
+ * a digest after '@' is the tag). */
+static void split_ref(const char *ref, char *name, size_t ncap, char *tag, size_t tcap)
+{
+	const char *at = strchr(ref, '@');
+	const char *slash = strrchr(ref, '/');
+	const char *colon = strrchr(ref, ':');
+	const char *cut = NULL;
+	if (at != NULL)
+		cut = at;
+	else if (colon != NULL && (slash == NULL || colon > slash))
+		cut = colon;
+	if (cut == NULL) {
+		snprintf(name, ncap, "%s", ref);
+		snprintf(tag, tcap, "latest");
+		return;
+	}
+	snprintf(name, ncap, "%.*s", (int)(cut - ref), ref);
+	snprintf(tag, tcap, "%s", cut + 1);
+}
+
+/* registry_of writes the registry host of an image reference. */
+static void registry_of(const char *ref, char *host, size_t cap)
+{
+	const char *slash = strchr(ref, '/');
+	if (slash != NULL) {
+		size_t n = (size_t)(slash - ref);
+		if (memchr(ref, '.', n) != NULL || memchr(ref, ':', n) != NULL ||
+		    (n == 9 && strncmp(ref, "localhost", 9) == 0)) {
+			snprintf(host, cap, "%.*s", (int)n, ref);
+			return;
+		}
+	}
+	snprintf(host, cap, "docker.io");
+}
+
+static bool same_registry(const char *address, const char *host)
+{
+	const char *p = strstr(address, "://");
+	p = p != NULL ? p + 3 : address;
+	size_t n = strcspn(p, "/");
+	if (strlen(host) == n && strncmp(p, host, n) == 0)
+		return true;
+	if (strcmp(host, "docker.io") == 0)
+		return (n == 15 && strncmp(p, "index.docker.io", n) == 0) ||
+		       (n == 20 && strncmp(p, "registry-1.docker.io", n) == 0);
+	return false;
+}
+
+static const agent_registry_credential *cred_for(const agent *a, const char *image)
+{
+	char host[256];
+	registry_of(image, host, sizeof host);
+	for (size_t i = 0; i < a->dep.n_registries; i++)
+		if (same_registry(a->dep.registries[i].address, host))
+			return &a->dep.registries[i];
+	return NULL;
+}
+
+static void on_progress(void *ud, const agent_docker_progress *p)
+{
+	pull_ctx *c = ud;
+	agent_mod *m = find_mod(c->a, c->name);
+	if (m == NULL)
+		return;
+	if (p->total > 0)
+		set_desc(m, AGENT_RT_UNKNOWN, "pulling %s: %s %s %lld/%lld bytes", c->image,
+		         p->layer, p->status, p->current, p->total);
+	else
+		set_desc(m, AGENT_RT_UNKNOWN, "pulling %s: %s %s", c->image, p->layer, p->status);
+	int64_t now = agent_now_ms();
+	if (now - m->progress_log_ms >= 2000) {
+		m->progress_log_ms = now;
+		PERCH_INFO("agent", "module %s: %s", m->name, m->desc);
+	}
+}
+
+static void on_pulled(void *ud, perch_err err, const char *msg)
+{
+	pull_ctx *c = ud;
+	agent *a = c->a;
+	agent_mod *m = find_mod(a, c->name);
+	if (m != NULL && m->pull_ctx == c) {
+		m->pulling = false;
+		m->pull_op = NULL;
+		m->pull_ctx = NULL;
+		if (err == PERCH_OK) {
+			m->pull_failures = 0;
+			m->pull_retry_ms = 0;
+			PERCH_NOTICE("agent", "module %s: pulled %s", m->name, c->image);
+		} else {
+			m->pull_failures++;
+			int64_t delay = agent_restart_delay_ms(&a->backoff, m->pull_failures);
+			m->pull_retry_ms = agent_now_ms() + delay;
+			set_desc(m, AGENT_RT_BACKOFF,
+			         "pull of %s failed (%s): %s; retrying in %llds", c->image,
+			         perch_strerror(err), msg, (long long)(delay / 1000));
+			PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
+		}
+		a->dirty = true;
+	}
+	perch_free(c);
+}
+
+static void start_pull(agent *a, agent_mod *m)
+{
+	const agent_module *d = m->m;
+	char name[512], tag[256];
+	split_ref(d->image, name, sizeof name, tag, sizeof tag);
+	const agent_registry_credential *cred = cred_for(a, d->image);
+	pull_ctx *c = perch_calloc(1, sizeof *c);
+	if (c == NULL)
+		return;
+	c->a = a;
+	snprintf(c->name, sizeof c->name, "%s", m->name);
+	snprintf(c->image, sizeof c->image, "%s", d->image);
+	agent_docker_auth auth = {0};
+	if (cred != NULL)
+		auth = (agent_docker_auth){cred->username, cred->password, cred->address};
+	perch_err err =
+	        agent_docker_pull_start(a->docker, name, tag, cred != NULL ? &auth : NULL,
+	                                PULL_TIMEOUTMS, on_progress, on_pulled, c, &m->pull_op);
+	if (err != PERCH_OK) {
+		perch_free(c);
+		set_desc(m, AGENT_RT_FAILED, "cannot start the pull of %s: %s", d->image,
+		         perch_strerror(err));
+		return;
+	}
+	m->pulling = true;
+	m->pull_ctx = c;
+	set_desc(m, AGENT_RT_UNKNOWN, "pulling %s", d->image);
+	PERCH_NOTICE("agent", "module %s: pulling %s%s%s", m->name, d->image,
+	             cred != NULL ? " with the credentials of registry " : " anonymously",
+	             cred != NULL ? cred->name : "");
+}
+
+/* ---- containers -------------------------------------------------------------- */
+
+static json_t *obj_member(json_t *parent, const char *key)
+{
+	json_t *o = json_object_get(parent, key);
+	if (!json_is_object(o)) {
+		o = json_object();
+		json_object_set_new(parent, key, o);
+	}
+	return o;
+}
+
+static json_t *arr_member(json_t *parent, const char *key)
+{
+	json_t *o = json_object_get(parent, key);
+	if (!json_is_array(o)) {
+		o = json_array();
+		json_object_set_new(parent, key, o);
+	}
+	return o;
+}
+
+static void env_add(json_t *env, const char *k, const char *v)
+{
+	char *s = NULL;
+	if (asprintf(&s, "%s=%s", k, v) < 0)
+		return;
+	json_array_append_new(env, json_string(s));
+	free(s);
+}
+
+/* create_body returns a new reference: the ContainerCreate JSON of m. */
+static json_t *create_body(const agent *a, const agent_mod *m)
+{
+	const agent_module *d = m->m;
+	json_t *b = json_deep_copy(d->create_options);
+	if (!json_is_object(b)) {
+		json_decref(b);
+		b = json_object();
+	}
+	if (b == NULL)
+		return NULL;
+	json_object_set_new(b, "Image", json_string(d->image));
+	json_t *env = arr_member(b, "Env");
+	for (size_t i = 0; i < d->n_env; i++)
+		env_add(env, d->env[i].name, d->env[i].value);
+	char port[16];
+	snprintf(port, sizeof port, "%d", (int)a->cfg.hub_port);
+	env_add(env, "IOTEDGE_DEVICEID", a->device_id);
+	env_add(env, "IOTEDGE_MODULEID", d->name);
+	env_add(env, "PERCH_HUB_HOST", "perch-hub");
+	env_add(env, "PERCH_HUB_PORT", port);
+	json_t *labels = obj_member(b, "Labels");
+	json_object_set_new(labels, AGENT_OWNER_LABEL, json_string(AGENT_OWNER_VALUE));
+	json_object_set_new(labels, AGENT_MODULE_LABEL, json_string(d->name));
+	json_object_set_new(labels, AGENT_HASH_LABEL, json_string(d->settings_hash));
+	json_object_set_new(labels, AGENT_INST_LABEL, json_string(a->cfg.instance));
+	json_t *hc = obj_member(b, "HostConfig");
+	json_array_append_new(arr_member(hc, "ExtraHosts"), json_string("perch-hub:host-gateway"));
+	if (!json_is_object(json_object_get(hc, "LogConfig"))) {
+		if (a->dep.logging_options != NULL) {
+			json_object_set_new(hc, "LogConfig",
+			                    json_deep_copy(a->dep.logging_options));
+		} else {
+			char files[16];
+			snprintf(files, sizeof files, "%d", (int)a->cfg.log_max_file);
+			json_object_set_new(hc, "LogConfig",
+			                    json_pack("{s:s, s:{s:s, s:s}}", "Type", "json-file",
+			                              "Config", "max-size", a->cfg.log_max_size,
+			                              "max-file", files));
+		}
+	}
+	/* The agent restarts modules; Docker must not. */
+	json_object_set_new(hc, "RestartPolicy", json_pack("{s:s}", "Name", "no"));
+	if (json_string_value(json_object_get(hc, "NetworkMode")) == NULL)
+		json_object_set_new(hc, "NetworkMode", json_string(a->cfg.network));
+	return b;
+}
+
+static void note_image(agent *a, agent_mod *m, const char *ref)
+{
+	agent_docker_image img;
+	if (agent_docker_image_inspect(a->docker, ref, &img) == PERCH_OK) {
+		snprintf(m->image_id, sizeof m->image_id, "%s", img.id);
+		snprintf(m->digest, sizeof m->digest, "%s", img.digest);
+	}
+}
+
+/* stop_done logs a failed asynchronous stop (ud: unused; the module may be
+ * gone by now, and the next reconcile looks again anyway). */
+static void stop_done(void *ud, perch_err err, long http, const json_t *resp, const char *msg)
+{
+	(void)ud;
+	(void)resp;
+	(void)http;
+	if (err != PERCH_OK)
+		PERCH_WARN("agent", "a module's stop failed: %s", msg);
+}
+
+/* start_container starts m's existing container; returns 0 or a retry wait. */
+static int start_container(agent *a, agent_mod *m, const char *why)
+{
+	int64_t now = agent_now_ms();
+	perch_err err = agent_docker_start(a->docker, m->id);
+	if (err != PERCH_OK) {
+		set_desc(m, AGENT_RT_FAILED, "start failed: %s", agent_docker_errmsg(a->docker));
+		PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
+		return 5000;
+	}
+	m->start_ms = now;
+	m->fresh = false;
+	set_desc(m, AGENT_RT_RUNNING, "running");
+	PERCH_NOTICE("agent", "module %s: started (%s)", m->name, why);
+	return 0;
+}
+
+/* create_container makes and starts m's container; returns a wait or -1. */
+static int create_container(agent *a, agent_mod *m)
+{
+	const agent_module *d = m->m;
+	int64_t now = agent_now_ms();
+	if (m->pulling)
+		return -1;
+	agent_docker_image img;
+	perch_err err = agent_docker_image_inspect(a->docker, d->image, &img);
+	if (err == PERCH_ENOENT) {
+		if (d->pull_policy == AGENT_PULL_NEVER) {
+			set_desc(m, AGENT_RT_FAILED,
+			         "image %s is not on the device and imagePullPolicy is never",
+			         d->image);
+			return 10000;
+		}
+		if (now < m->pull_retry_ms)
+			return (int)(m->pull_retry_ms - now);
+		start_pull(a, m);
+		return -1;
+	}
+	if (err != PERCH_OK) {
+		set_desc(m, AGENT_RT_UNKNOWN, "image inspect failed: %s",
+		         agent_docker_errmsg(a->docker));
+		return 2000;
+	}
+	snprintf(m->image_id, sizeof m->image_id, "%s", img.id);
+	snprintf(m->digest, sizeof m->digest, "%s", img.digest);
+	json_t *body = create_body(a, m);
+	if (body == NULL)
+		return 1000;
+	err = agent_docker_create(a->docker, d->name, body, m->id);
+	json_decref(body);
+	if (err == PERCH_EEXIST) {
+		set_desc(m, AGENT_RT_FAILED,
+		         "a container named %s exists and is not owned by perch-agent (left alone)",
+		         d->name);
+		PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
+		return 10000;
+	}
+	if (err != PERCH_OK) {
+		set_desc(m, AGENT_RT_FAILED, "create failed: %s", agent_docker_errmsg(a->docker));
+		PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
+		m->id[0] = '\0';
+		return 5000;
+	}
+	PERCH_INFO("agent", "module %s: created container %.12s (hash %.12s)", m->name, m->id,
+	           d->settings_hash);
+	return start_container(a, m, "created");
+}
+
+static int min_wait(int a, int b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return a < b ? a : b;
+}
+
+/* reconcile_one converges one module given its container summary (or
+ * NULL); returns the ms until it wants another look, or -1. */
+static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
+{
+	const agent_module *d = m->m;
+	int64_t now = agent_now_ms();
+	agent_docker_state st;
+	bool have = c != NULL;
+	if (have) {
+		const char *hash = json_string_value(
+		        json_object_get(json_object_get(c, "Labels"), AGENT_HASH_LABEL));
+		const char *cid = json_string_value(json_object_get(c, "Id"));
+		snprintf(m->id, sizeof m->id, "%s", cid != NULL ? cid : "");
+		if (hash == NULL || strcmp(hash, d->settings_hash) != 0) {
+			PERCH_NOTICE("agent",
+			             "module %s: settings changed, recreating container %.12s",
+			             m->name, m->id);
+			if (agent_docker_remove(a->docker, m->id, true) != PERCH_OK) {
+				set_desc(m, AGENT_RT_UNKNOWN, "cannot remove the old container: %s",
+				         agent_docker_errmsg(a->docker));
+				return 2000;
+			}
+			have = false;
+			m->fresh = true;
+		}
+	}
+	if (have) {
+		perch_err err = agent_docker_inspect(a->docker, m->id, &st, NULL);
+		if (err == PERCH_ENOENT)
+			have = false;
+		else if (err != PERCH_OK)
+			return 2000;
+	}
+	if (!have)
+		m->id[0] = '\0';
+	if (d->status == AGENT_STATUS_STOPPED) {
+		m->fresh = true;
+		m->next_try_ms = 0;
+		if (have && st.running) {
+			char path[160];
+			snprintf(path, sizeof path, "/containers/%s/stop?t=%d", m->id,
+			         (int)(a->cfg.stop_grace_ms / 1000));
+			if (agent_docker_call_async(a->docker, "POST", path, NULL,
+			                            a->cfg.stop_grace_ms + 30000, stop_done, NULL,
+			                            NULL) == PERCH_OK)
+				PERCH_NOTICE("agent", "module %s: stopping (status: stopped)",
+				             m->name);
+		}
+		set_desc(m, AGENT_RT_STOPPED, "stopped (the deployment says status: stopped)");
+		return -1;
+	}
+	if (!have)
+		return create_container(a, m);
+
+	snprintf(m->image_id, sizeof m->image_id, "%s", st.image_id);
+	if (m->digest[0] == '\0')
+		note_image(a, m, st.image_id);
+	int64_t started = agent_parse_rfc3339(st.started_at);
+	int64_t finished = agent_parse_rfc3339(st.finished_at);
+	if (started > 0)
+		m->start_ms = started;
+	if (finished > 0)
+		m->exit_ms = finished;
+	if (!st.running && finished > 0)
+		m->exit_code = st.exit_code; /* a running container's says 0: keep the last */
+	if (st.running) {
+		bool unhealthy = strcmp(st.health, "unhealthy") == 0;
+		m->fresh = false;
+		if (m->next_try_ms != 0) {
+			m->next_try_ms = 0;
+			m->dirty_state = true;
+		}
+		if (unhealthy && agent_restart_wanted(d->restart_policy, false, 0, true)) {
+			PERCH_WARN("agent", "module %s: unhealthy, killing it to restart", m->name);
+			set_desc(m, AGENT_RT_UNHEALTHY, "unhealthy: restarting");
+			if (agent_docker_kill(a->docker, m->id, NULL) != PERCH_OK)
+				return 2000;
+			return -1;
+		}
+		if (unhealthy)
+			set_desc(m, AGENT_RT_UNHEALTHY, "running, unhealthy (restartPolicy %s)",
+			         agent_restart_policy_name(d->restart_policy));
+		else
+			set_desc(m, AGENT_RT_RUNNING, "running");
+		if (m->backoff_n > 0) {
+			if (agent_restart_reset(&a->backoff, now - m->start_ms)) {
+				m->backoff_n = 0;
+				m->dirty_state = true;
+			} else {
+				return (int)(m->start_ms + a->backoff.healthy_ms - now);
+			}
+		}
+		return -1;
+	}
+	if (strcmp(st.status, "created") == 0 || m->fresh)
+		return start_container(a, m, m->fresh ? "deployed" : "created earlier");
+	if (!agent_restart_wanted(d->restart_policy, true, st.exit_code, false)) {
+		set_desc(m, st.exit_code == 0 ? AGENT_RT_STOPPED : AGENT_RT_FAILED,
+		         "exited with code %d (restartPolicy %s)", st.exit_code,
+		         agent_restart_policy_name(d->restart_policy));
+		m->next_try_ms = 0;
+		return -1;
+	}
+	if (agent_restart_gave_up(&a->backoff, m->backoff_n)) {
+		set_desc(m, AGENT_RT_FAILED,
+		         "exited with code %d; gave up after %u restarts in a row", st.exit_code,
+		         m->backoff_n);
+		return -1;
+	}
+	if (m->next_try_ms == 0) {
+		if (m->backoff_n > 0 && agent_restart_reset(&a->backoff, m->exit_ms - m->start_ms))
+			m->backoff_n = 0;
+		m->next_try_ms = now + agent_restart_delay_ms(&a->backoff, m->backoff_n);
+		m->dirty_state = true;
+	}
+	if (now < m->next_try_ms) {
+		set_desc(m, AGENT_RT_BACKOFF, "exited with code %d; restart %u in %.1f s",
+		         st.exit_code, m->backoff_n + 1, (double)(m->next_try_ms - now) / 1000.0);
+		return (int)(m->next_try_ms - now);
+	}
+	int w = start_container(a, m, "restart");
+	m->backoff_n++;
+	m->dirty_state = true;
+	if (w != 0) {
+		m->next_try_ms = now + agent_restart_delay_ms(&a->backoff, m->backoff_n);
+		return w;
+	}
+	m->restart_count++;
+	m->restart_ms = now;
+	m->next_try_ms = 0;
+	PERCH_NOTICE("agent", "module %s: restarted after exit code %d (restart %u, %u in a row)",
+	             m->name, st.exit_code, m->restart_count, m->backoff_n);
+	return 0;
+}
+
+/* ours: do these labels (or event attributes) say this agent owns it? */
+static bool ours(const agent *a, const json_t *labels)
+{
+	const char *owner = json_string_value(json_object_get(labels, AGENT_OWNER_LABEL));
+	const char *inst = json_string_value(json_object_get(labels, AGENT_INST_LABEL));
+	return owner != NULL && inst != NULL && strcmp(owner, AGENT_OWNER_VALUE) == 0 &&
+	       strcmp(inst, a->cfg.instance) == 0;
+}
+
+static const char *module_label(const json_t *c)
+{
+	return json_string_value(json_object_get(json_object_get(c, "Labels"), AGENT_MODULE_LABEL));
+}
+
+int agent_reconcile(agent *a)
+{
+	a->dirty = false;
+	if (!a->docker_up || !a->have_dep)
+		return -1;
+	if (!a->network_ok) {
+		char nid[AGENT_DOCKER_ID_MAX];
+		bool created = false;
+		json_t *labels = json_pack("{s:s}", AGENT_OWNER_LABEL, AGENT_OWNER_VALUE);
+		perch_err err = agent_docker_network_ensure(a->docker, a->cfg.network, labels, nid,
+		                                            &created);
+		json_decref(labels);
+		if (err != PERCH_OK) {
+			PERCH_ERROR("agent", "cannot ensure network %s: %s", a->cfg.network,
+			            agent_docker_errmsg(a->docker));
+			return 2000;
+		}
+		if (created)
+			PERCH_NOTICE("agent", "created network %s", a->cfg.network);
+		a->network_ok = true;
+	}
+	json_t *list = NULL;
+	char filter[128];
+	snprintf(filter, sizeof filter, "%s=%s", AGENT_INST_LABEL, a->cfg.instance);
+	if (agent_docker_list(a->docker, filter, true, &list) != PERCH_OK) {
+		PERCH_WARN("agent", "cannot list containers: %s", agent_docker_errmsg(a->docker));
+		return 2000;
+	}
+	/* Keep only what this agent owns (both labels): never touch the rest. */
+	for (size_t k = json_array_size(list); k-- > 0;) {
+		if (!ours(a, json_object_get(json_array_get(list, k), "Labels")))
+			json_array_remove(list, k);
+	}
+	size_t i;
+	json_t *c;
+	json_array_foreach(list, i, c)
+	{
+		const char *mod = module_label(c);
+		const char *id = json_string_value(json_object_get(c, "Id"));
+		if (id == NULL || (mod != NULL && find_mod(a, mod) != NULL))
+			continue;
+		PERCH_NOTICE("agent",
+		             "removing container %.12s of module %s (not in the deployment)", id,
+		             mod != NULL ? mod : "?");
+		if (agent_docker_remove(a->docker, id, true) != PERCH_OK)
+			PERCH_WARN("agent", "remove %.12s: %s", id, agent_docker_errmsg(a->docker));
+	}
+	int wait = RESYNC_MS;
+	bool hub_wait = a->cfg.hub_enabled && !a->hub.ever_ready;
+	for (size_t k = 0; k < a->n_mods; k++) {
+		agent_mod *m = &a->mods[k];
+		if (hub_wait) {
+			set_desc(m, AGENT_RT_UNKNOWN,
+			         "waiting for perch-hub to accept connections");
+			continue;
+		}
+		const json_t *mine = NULL;
+		json_array_foreach(list, i, c)
+		{
+			const char *mod = module_label(c);
+			if (mod != NULL && strcmp(mod, m->name) == 0) {
+				if (mine == NULL) {
+					mine = c;
+					continue;
+				}
+				const char *id = json_string_value(json_object_get(c, "Id"));
+				PERCH_WARN("agent", "module %s: removing duplicate container %.12s",
+				           m->name, id);
+				if (id != NULL &&
+				    agent_docker_remove(a->docker, id, true) != PERCH_OK)
+					PERCH_WARN("agent", "remove: %s",
+					           agent_docker_errmsg(a->docker));
+			}
+		}
+		wait = min_wait(wait, reconcile_one(a, m, mine));
+		if (m->dirty_state) {
+			if (agent_state_save_mod(a, m) == PERCH_OK)
+				m->dirty_state = false;
+		}
+	}
+	json_decref(list);
+	return wait;
+}
+
+void agent_on_event(void *ud, const agent_docker_event *ev)
+{
+	agent *a = ud;
+	if (ev->kind == AGENT_DOCKER_EV_CONNECTED) {
+		PERCH_NOTICE("agent", "Docker events stream connected: re-reading the containers");
+		a->docker_up = true;
+		a->network_ok = false;
+		a->dirty = true;
+		return;
+	}
+	if (ev->kind == AGENT_DOCKER_EV_DISCONNECTED) {
+		PERCH_WARN("agent", "Docker events stream lost (%s): %s", perch_strerror(ev->err),
+		           ev->msg);
+		a->docker_up = false;
+		for (size_t i = 0; i < a->n_mods; i++)
+			set_desc(&a->mods[i], AGENT_RT_UNKNOWN, "Docker engine not answering: %s",
+			         ev->msg);
+		return;
+	}
+	if (!ours(a, ev->attrs))
+		return;
+	const char *name = json_string_value(json_object_get(ev->attrs, AGENT_MODULE_LABEL));
+	agent_mod *m = name != NULL ? find_mod(a, name) : NULL;
+	switch (ev->action) {
+	case AGENT_DOCKER_ACT_DIE:
+		PERCH_NOTICE("agent", "module %s: container %.12s exited with code %d",
+		             name != NULL ? name : "?", ev->id, ev->exit_code);
+		if (m != NULL) {
+			m->exit_code = ev->exit_code;
+			m->exit_ms = ev->time_ns / 1000000;
+		}
+		a->dirty = true;
+		break;
+	case AGENT_DOCKER_ACT_HEALTH:
+		PERCH_INFO("agent", "module %s: health %s", name != NULL ? name : "?", ev->health);
+		a->dirty = true;
+		break;
+	case AGENT_DOCKER_ACT_DESTROY: a->dirty = true; break;
+	default: break;
+	}
+}
+
+/* ---- deployments --------------------------------------------------------------- */
+
+/* mods_rebuild makes the module records of nd, carrying over what the
+ * agent knows of modules kept by name. */
+static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
+{
+	agent_mod *nm = perch_calloc(nd->n_modules > 0 ? nd->n_modules : 1, sizeof *nm);
+	if (nm == NULL)
+		return PERCH_ENOMEM;
+	for (size_t i = 0; i < nd->n_modules; i++) {
+		const agent_module *d = &nd->modules[i];
+		agent_mod *old = find_mod(a, d->name);
+		if (old != NULL) {
+			nm[i] = *old;
+			if (old->m->status == AGENT_STATUS_STOPPED &&
+			    d->status == AGENT_STATUS_RUNNING)
+				nm[i].fresh = true;
+			if (nm[i].pulling && strcmp(old->m->image, d->image) != 0) {
+				cancel_pull(a, &nm[i]);
+				nm[i].pull_retry_ms = 0;
+				nm[i].pull_failures = 0;
+			}
+			/* The old record gives its pull away. */
+			old->pull_op = NULL;
+			old->pull_ctx = NULL;
+			old->pulling = false;
+		} else {
+			snprintf(nm[i].name, sizeof nm[i].name, "%s", d->name);
+			nm[i].fresh = true;
+			agent_state_load_mod(a, &nm[i]);
+		}
+		nm[i].m = d;
+	}
+	agent_mods_free(a);
+	a->mods = nm;
+	a->n_mods = nd->n_modules;
+	return PERCH_OK;
+}
+
+static perch_err apply_text(agent *a, const char *text, size_t len, const char *source,
+                            bool from_store)
+{
+	agent_deployment nd;
+	agent_manifest_issues errs, warns;
+	memset(&nd, 0, sizeof nd);
+	memset(&errs, 0, sizeof errs);
+	memset(&warns, 0, sizeof warns);
+	if (!from_store) {
+		a->desired_version++;
+		if (agent_state_save_version(a) != PERCH_OK)
+			PERCH_WARN("agent", "cannot store lastDesiredVersion");
+	}
+	perch_err err = agent_manifest_parse(text, len, &a->cfg.policy, &nd, &errs, &warns);
+	for (size_t i = 0; i < warns.n; i++)
+		PERCH_WARN("agent", "manifest %s: %s", source, warns.msg[i]);
+	if (err != PERCH_OK) {
+		for (size_t i = 0; i < errs.n; i++)
+			PERCH_ERROR("agent", "manifest %s: %s", source, errs.msg[i]);
+		if (errs.dropped > 0)
+			PERCH_ERROR("agent", "manifest %s: %zu more errors", source, errs.dropped);
+		PERCH_ERROR("agent", "manifest %s refused (%s): %s", source, perch_strerror(err),
+		            a->have_dep ? "the applied deployment stays" : "no deployment applied");
+		if (!from_store) {
+			a->desired_code = 400;
+			snprintf(a->desired_desc, sizeof a->desired_desc, "%s%s",
+			         errs.n > 0 ? errs.msg[0] : perch_strerror(err),
+			         errs.n + errs.dropped > 1 ? " (and more: see the agent's log)"
+			                                   : "");
+		}
+		goto out;
+	}
+	if (!from_store && agent_state_save_manifest(a, text, len) != PERCH_OK)
+		PERCH_WARN("agent", "cannot store the deployment: it will not survive a restart");
+	err = mods_rebuild(a, &nd);
+	if (err != PERCH_OK) {
+		agent_deployment_free(&nd);
+		goto out;
+	}
+	agent_deployment_free(&a->dep);
+	a->dep = nd;
+	a->have_dep = true;
+	a->dirty = true;
+	a->desired_code = 200;
+	snprintf(a->desired_desc, sizeof a->desired_desc, "%s",
+	         from_store ? "stored deployment applied" : "");
+	PERCH_NOTICE("agent", "deployment from %s applied: %zu modules", source, a->n_mods);
+out:
+	agent_manifest_issues_free(&errs);
+	agent_manifest_issues_free(&warns);
+	return err;
+}
+
+perch_err agent_apply_file(agent *a, const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		int e = errno;
+		PERCH_ERROR("agent", "cannot read manifest %s: %s", path, strerror(e));
+		return perch_err_from_errno(e);
+	}
+	char *buf = perch_malloc(AGENT_MANIFEST_MAX_BYTES + 2);
+	perch_err err = PERCH_ENOMEM;
+	if (buf != NULL) {
+		size_t n = fread(buf, 1, AGENT_MANIFEST_MAX_BYTES + 1, f);
+		if (ferror(f)) {
+			PERCH_ERROR("agent", "cannot read manifest %s", path);
+			err = PERCH_EIO;
+		} else {
+			buf[n] = '\0';
+			err = apply_text(a, buf, n, path, false);
+		}
+	}
+	fclose(f);
+	perch_free(buf);
+	return err;
+}
+
+perch_err agent_apply_stored(agent *a)
+{
+	char *text = NULL;
+	size_t len = 0;
+	perch_err err = agent_state_load_manifest(a, &text, &len);
+	if (err == PERCH_ENOENT) {
+		PERCH_WARN("agent",
+		           "no stored deployment: nothing to run until a manifest arrives");
+		return err;
+	}
+	if (err != PERCH_OK)
+		return err;
+	err = apply_text(a, text, len, "(stored)", true);
+	perch_free(text);
+	return err;
+}

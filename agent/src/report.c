@@ -1,0 +1,185 @@
+/*
+ * report.c — what perch-agent says about its modules, in the shape of IoT
+ * Edge's $edgeAgent reported properties (so that the hub can publish it as
+ * the agent's twin unchanged): per module runtimeStatus, exitCode,
+ * statusDescription, lastStartTimeUtc, lastExitTimeUtc, restartCount,
+ * lastRestartTimeUtc and settings.image / imageHash / imageDigest; for the
+ * deployment lastDesiredVersion and lastDesiredStatus {code, description}.
+ * Also the table `perch-agent status` prints, and the time helpers.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "agent.h"
+
+int64_t agent_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void agent_rfc3339(int64_t ms, char *buf, size_t cap)
+{
+	if (ms <= 0) {
+		snprintf(buf, cap, "0001-01-01T00:00:00Z");
+		return;
+	}
+	time_t s = (time_t)(ms / 1000);
+	struct tm tm;
+	gmtime_r(&s, &tm);
+	char day[32];
+	strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, cap, "%s.%03dZ", day, (int)(ms % 1000));
+}
+
+int64_t agent_parse_rfc3339(const char *s)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	if (s == NULL)
+		return 0;
+	const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (rest == NULL || tm.tm_year < 71)
+		return 0;
+	int64_t ms = (int64_t)timegm(&tm) * 1000;
+	if (*rest == '.') {
+		int64_t frac = 0;
+		int digits = 0;
+		for (rest++; *rest >= '0' && *rest <= '9'; rest++) {
+			if (digits++ < 3)
+				frac = frac * 10 + (*rest - '0');
+		}
+		for (; digits < 3; digits++)
+			frac *= 10;
+		ms += frac;
+	}
+	return ms;
+}
+
+const char *agent_runtime_name(agent_runtime r)
+{
+	switch (r) {
+	case AGENT_RT_RUNNING: return "running";
+	case AGENT_RT_STOPPED: return "stopped";
+	case AGENT_RT_FAILED: return "failed";
+	case AGENT_RT_BACKOFF: return "backoff";
+	case AGENT_RT_UNHEALTHY: return "unhealthy";
+	case AGENT_RT_UNKNOWN: break;
+	}
+	return "unknown";
+}
+
+static json_t *time_json(int64_t ms)
+{
+	char buf[40];
+	agent_rfc3339(ms, buf, sizeof buf);
+	return json_string(buf);
+}
+
+json_t *agent_report_module(const agent_mod *m)
+{
+	json_t *o = json_object();
+	json_t *settings = json_object();
+	if (o == NULL || settings == NULL) {
+		json_decref(o);
+		json_decref(settings);
+		return NULL;
+	}
+	const agent_module *d = m->m;
+	json_object_set_new(settings, "image", json_string(d != NULL ? d->image : ""));
+	json_object_set_new(settings, "imageHash", json_string(m->image_id));
+	json_object_set_new(settings, "imageDigest", json_string(m->digest));
+	json_object_set_new(o, "type", json_string("docker"));
+	json_object_set_new(o, "settings", settings);
+	if (d != NULL) {
+		json_object_set_new(o, "version", json_string(d->version));
+		json_object_set_new(o, "status", json_string(agent_module_status_name(d->status)));
+		json_object_set_new(o, "restartPolicy",
+		                    json_string(agent_restart_policy_name(d->restart_policy)));
+	}
+	json_object_set_new(o, "runtimeStatus", json_string(agent_runtime_name(m->rt)));
+	json_object_set_new(o, "exitCode", json_integer(m->exit_code));
+	json_object_set_new(o, "statusDescription", json_string(m->desc));
+	json_object_set_new(o, "lastStartTimeUtc", time_json(m->start_ms));
+	json_object_set_new(o, "lastExitTimeUtc", time_json(m->exit_ms));
+	json_object_set_new(o, "restartCount", json_integer(m->restart_count));
+	json_object_set_new(o, "lastRestartTimeUtc", time_json(m->restart_ms));
+	if (m->next_try_ms > 0)
+		json_object_set_new(o, "nextRestartTimeUtc", time_json(m->next_try_ms));
+	return o;
+}
+
+static json_t *hub_report(const agent *a)
+{
+	json_t *o = json_object();
+	if (o == NULL)
+		return NULL;
+	const char *rt = "stopped", *desc = "not started by this agent (--no-hub)";
+	if (a->cfg.hub_enabled) {
+		rt = a->hub.pid > 0 ? (a->hub.ready ? "running" : "unknown") : "backoff";
+		desc = a->hub.pid > 0 ? (a->hub.ready ? "accepting connections" : "starting")
+		                      : "restarting";
+	}
+	json_object_set_new(o, "type", json_string("perch-hub"));
+	json_object_set_new(o, "runtimeStatus", json_string(rt));
+	json_object_set_new(o, "statusDescription", json_string(desc));
+	json_object_set_new(o, "lastStartTimeUtc", time_json(a->hub.start_ms));
+	json_object_set_new(o, "restartCount", json_integer(a->hub.deaths));
+	return o;
+}
+
+json_t *agent_report(const agent *a)
+{
+	json_t *r = json_object(), *mods = json_object(), *sys = json_object(), *st = json_object();
+	if (r == NULL || mods == NULL || sys == NULL || st == NULL) {
+		json_decref(r);
+		json_decref(mods);
+		json_decref(sys);
+		json_decref(st);
+		return NULL;
+	}
+	json_object_set_new(st, "code", json_integer(a->desired_code));
+	json_object_set_new(st, "description", json_string(a->desired_desc));
+	json_object_set_new(r, "schemaVersion", json_string("1.1"));
+	json_object_set_new(r, "lastDesiredVersion", json_integer(a->desired_version));
+	json_object_set_new(r, "lastDesiredStatus", st);
+	json_object_set_new(r, "dockerConnected", json_boolean(a->docker_up));
+	json_object_set_new(sys, "edgeHub", hub_report(a));
+	json_object_set_new(r, "systemModules", sys);
+	for (size_t i = 0; i < a->n_mods; i++)
+		json_object_set_new(mods, a->mods[i].name, agent_report_module(&a->mods[i]));
+	json_object_set_new(r, "modules", mods);
+	return r;
+}
+
+static const char *str_of(const json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s != NULL ? s : "";
+}
+
+void agent_report_table(const json_t *report, FILE *out)
+{
+	const json_t *st = json_object_get(report, "lastDesiredStatus");
+	fprintf(out, "deployment: version %lld, status %lld %s\n",
+	        (long long)json_integer_value(json_object_get(report, "lastDesiredVersion")),
+	        (long long)json_integer_value(json_object_get(st, "code")),
+	        str_of(st, "description"));
+	const json_t *hub = json_object_get(json_object_get(report, "systemModules"), "edgeHub");
+	fprintf(out, "hub:        %s (%s)\n", str_of(hub, "runtimeStatus"),
+	        str_of(hub, "statusDescription"));
+	fprintf(out, "%-20s %-10s %5s %8s  %-24s %s\n", "MODULE", "STATUS", "EXIT", "RESTARTS",
+	        "LAST START (UTC)", "DESCRIPTION");
+	const char *name;
+	const json_t *m;
+	json_object_foreach((json_t *)json_object_get(report, "modules"), name, m)
+	{
+		fprintf(out, "%-20s %-10s %5lld %8lld  %-24s %s\n", name,
+		        str_of(m, "runtimeStatus"),
+		        (long long)json_integer_value(json_object_get(m, "exitCode")),
+		        (long long)json_integer_value(json_object_get(m, "restartCount")),
+		        str_of(m, "lastStartTimeUtc"), str_of(m, "statusDescription"));
+	}
+}
