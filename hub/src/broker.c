@@ -89,6 +89,7 @@ typedef struct hub_broker {
 	hub_subs subs;
 	perch_map retained; /* topic -> hub_msg (retain = true) */
 	uint64_t match_gen;
+	bool match_failed;     /* a match could not be recorded (out of memory) */
 	hub_session **matched; /* scratch for routing */
 	size_t nmatched, capmatched;
 	uint64_t anon_seq;
@@ -113,6 +114,7 @@ static int64_t wall_ms(void)
 }
 
 static void unpause(hub_broker *b, hub_conn *c);
+static void session_detach(hub_session *s);
 
 /* --- tickets ------------------------------------------------------------- */
 
@@ -480,8 +482,10 @@ static void on_match(void *who, uint8_t qos, void *arg)
 	}
 	hub_session **m =
 	        perch_grow(b->matched, b->nmatched, &b->capmatched, sizeof(hub_session *), 64);
-	if (m == NULL)
-		return; /* counted by the caller as fewer deliveries */
+	if (m == NULL) {
+		b->match_failed = true; /* the publisher is not acknowledged */
+		return;
+	}
 	b->matched = m;
 	s->match_gen = b->match_gen;
 	s->match_qos = qos;
@@ -498,8 +502,9 @@ static perch_err route(hub_broker *b, hub_msg *m, bool *durable)
 {
 	b->match_gen++;
 	b->nmatched = 0;
+	b->match_failed = false;
 	hub_subs_match(&b->subs, m->topic, on_match, b);
-	perch_err result = PERCH_OK;
+	perch_err result = b->match_failed ? PERCH_ENOMEM : PERCH_OK;
 	for (size_t i = 0; i < b->nmatched; i++) {
 		hub_session *s = b->matched[i];
 		uint8_t qos = m->qos < s->match_qos ? m->qos : s->match_qos;
@@ -527,6 +532,9 @@ static perch_err route(hub_broker *b, hub_msg *m, bool *durable)
 		}
 		if (store_full) {
 			result = PERCH_ENOSPC;
+		} else if (s->persistent && err != PERCH_ENOSPC) {
+			/* A durable destination did not take it: no PUBACK. */
+			result = result == PERCH_OK ? err : result;
 		} else {
 			hub_metrics_dropped(b->h->metrics,
 			                    err == PERCH_ENOSPC ? "queue_full" : "out_of_memory",
@@ -658,7 +666,10 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 		if (!p->clean_session)
 			return refuse_connect(c, PERCH_MQTT_CONNACK_ID_REJECTED,
 			                      "empty client id needs a clean session");
-		snprintf(anon, sizeof anon, "perch-anon-%llu", (unsigned long long)++b->anon_seq);
+		do /* never an id that a session already has */
+			snprintf(anon, sizeof anon, "perch-anon-%llu",
+			         (unsigned long long)++b->anon_seq);
+		while (perch_map_get(&b->sessions, perch_slice_cstr(anon)) != NULL);
 		snprintf(c->client_id, sizeof c->client_id, "%s", anon);
 		cid = perch_strdup(anon);
 	} else {
@@ -673,6 +684,7 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 		s->conn = NULL;
 		old->session = NULL;
 		tickets_orphan(b, old);
+		session_detach(s);
 		hub_conn_close_soon(old, "session taken over",
 		                    "a new connection used its client id");
 		if (s->will != NULL && !h->stopping) {
@@ -913,6 +925,20 @@ void hub_broker_forget(hub_conn *c)
 		unpause(b, c);
 }
 
+/*
+ * session_detach readies s for its next connection: what was in flight is
+ * resent with its packet ids (MQTT-4.4.0-1) from the rewound queue. Called
+ * when a connection ends and when a new one takes the session over.
+ */
+static void session_detach(hub_session *s)
+{
+	for (size_t i = 0; i < s->ninfl; i++)
+		s->infl[i].resend = true;
+	s->nresend = s->ninfl;
+	if (s->persistent)
+		hub_queue_rewind(s->queue);
+}
+
 void hub_broker_disconnected(hub_conn *c, bool abnormal)
 {
 	hub_broker *b = c->hub->broker;
@@ -923,11 +949,8 @@ void hub_broker_disconnected(hub_conn *c, bool abnormal)
 	s->conn = NULL;
 	hub_msg *will = s->will;
 	s->will = NULL;
-	for (size_t i = 0; i < s->ninfl; i++)
-		s->infl[i].resend = true;
-	s->nresend = s->ninfl;
+	session_detach(s);
 	if (s->persistent) {
-		hub_queue_rewind(s->queue);
 		if (hub_store_session_put(b->store, s->client_id, 0, wall_ms()) != PERCH_OK)
 			PERCH_WARN(LOG_MOD, "%s: last-seen time not stored", s->client_id);
 	} else {
@@ -952,6 +975,8 @@ void hub_broker_rx_done(hub_conn *c)
 	b->paused[b->npaused++] = c;
 	c->paused = true;
 	lws_rx_flow_control(c->wsi, 0);
+	/* Not read, so not silent: its keepalive must not run out meanwhile. */
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 0);
 }
 
 static void unpause(hub_broker *b, hub_conn *c)
@@ -970,9 +995,14 @@ static void resume_paused(hub_broker *b)
 	if (b->npaused == 0 || hub_store_backlog(b->store) > BACKLOG_LOW)
 		return;
 	for (size_t i = 0; i < b->npaused; i++) {
-		b->paused[i]->paused = false;
-		if (b->paused[i]->state != HUB_CONN_CLOSING)
-			lws_rx_flow_control(b->paused[i]->wsi, 1);
+		hub_conn *c = b->paused[i];
+		c->paused = false;
+		if (c->state == HUB_CONN_CLOSING || c->tx_full)
+			continue;
+		lws_rx_flow_control(c->wsi, 1);
+		if (c->keepalive > 0)
+			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
+			                (c->keepalive * 3 + 1) / 2);
 	}
 	b->npaused = 0;
 }
@@ -1020,9 +1050,7 @@ static perch_err load_retained(void *arg, hub_msg *m)
 
 static void wake(void *arg)
 {
-	hub *h = arg;
-	if (h->ctx != NULL)
-		lws_cancel_service(h->ctx);
+	hub_listen_wake(arg);
 }
 
 perch_err hub_broker_open(hub *h)

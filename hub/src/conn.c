@@ -20,9 +20,10 @@
 #include "perch/alloc.h"
 #include "perch/log.h"
 
-#define LOG_MOD         "hub.conn"
-#define WRITE_CHUNK_MAX ((size_t)256 * 1024) /* bytes per lws_write */
-#define TX_INITIAL      ((size_t)16 * 1024)
+#define LOG_MOD           "hub.conn"
+#define WRITE_CHUNK_MAX   ((size_t)256 * 1024) /* bytes per lws_write */
+#define TX_INITIAL        ((size_t)16 * 1024)
+#define TX_FULL_TIMEOUT_S 60 /* a peer that reads nothing for this long is closed */
 
 int64_t hub_now_ms(void)
 {
@@ -201,6 +202,14 @@ int hub_conn_rx(hub_conn *c, const uint8_t *in, size_t len)
 		set_timeout_s(c, (int64_t)c->keepalive * 1500);
 	if (c->state == HUB_CONN_ACTIVE)
 		hub_broker_rx_done(c);
+	/* Replies (PUBACK, PINGRESP, ...) are never refused, so a peer that
+	 * sends without reading is not read either until it catches up; if it
+	 * never does, it is closed. */
+	if (!c->tx_full && hub_conn_pending(c) > c->hub->cfg.max_tx_bytes) {
+		c->tx_full = true;
+		lws_rx_flow_control(c->wsi, 0);
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, TX_FULL_TIMEOUT_S);
+	}
 	return 0;
 }
 
@@ -220,6 +229,14 @@ int hub_conn_writeable(hub_conn *c)
 		c->tx_head += n;
 		if (c->tx_head == c->tx_len)
 			c->tx_head = c->tx_len = LWS_PRE;
+	}
+	if (c->tx_full && hub_conn_pending(c) <= c->hub->cfg.max_tx_bytes / 2 &&
+	    c->state == HUB_CONN_ACTIVE) {
+		c->tx_full = false;
+		if (!c->paused)
+			lws_rx_flow_control(c->wsi, 1);
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
+		                c->keepalive ? (c->keepalive * 3 + 1) / 2 : 0);
 	}
 	if (hub_conn_pending(c) > 0) {
 		lws_callback_on_writable(c->wsi);
@@ -241,7 +258,9 @@ void hub_conn_closed(hub_conn *c)
 	bool abnormal = true;
 	if (reason == NULL) {
 		int64_t idle = hub_now_ms() - c->last_rx_ms;
-		if (c->state == HUB_CONN_NEW && idle >= h->cfg.connect_timeout_ms)
+		if (c->tx_full)
+			reason = "peer does not read what it is sent (send buffer full)";
+		else if (c->state == HUB_CONN_NEW && idle >= h->cfg.connect_timeout_ms)
 			reason = "no CONNECT in time";
 		else if (c->keepalive > 0 && idle >= (int64_t)c->keepalive * 1500)
 			reason = "keepalive timeout";

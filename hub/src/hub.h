@@ -79,6 +79,7 @@ typedef struct hub_conn {
 	bool tls;
 	bool counted; /* included in hub.nconns */
 	bool paused;  /* not read until the store catches up */
+	bool tx_full; /* not read until the peer reads what it was sent */
 	hub_conn_state state;
 	perch_mqtt_decoder dec;
 	struct hub_session *session; /* set once CONNECT is accepted */
@@ -148,6 +149,8 @@ struct hub_store *hub_broker_store(const hub *h);
  * reason and returns an error if any listener cannot be opened. */
 PERCH_MUST_USE perch_err hub_listen_start(hub *h);
 void hub_listen_stop(hub *h);
+/* hub_listen_wake makes the loop run an iteration; any thread. */
+void hub_listen_wake(hub *h);
 /* Runs the loop until h->stopping. */
 void hub_listen_run(hub *h);
 

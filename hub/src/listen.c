@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -439,10 +440,24 @@ void hub_listen_run(hub *h)
 	}
 }
 
+/* The store's writer thread wakes the loop; ctx_lock keeps it from doing so
+ * while (or after) the context is destroyed. */
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void hub_listen_wake(hub *h)
+{
+	pthread_mutex_lock(&ctx_lock);
+	if (h->ctx != NULL)
+		lws_cancel_service(h->ctx);
+	pthread_mutex_unlock(&ctx_lock);
+}
+
 void hub_listen_stop(hub *h)
 {
-	if (h->ctx != NULL) {
-		lws_context_destroy(h->ctx);
-		h->ctx = NULL;
-	}
+	pthread_mutex_lock(&ctx_lock);
+	struct lws_context *ctx = h->ctx;
+	h->ctx = NULL;
+	pthread_mutex_unlock(&ctx_lock);
+	if (ctx != NULL)
+		lws_context_destroy(ctx);
 }

@@ -228,6 +228,30 @@ def test_redelivery_with_dup(broker, transport):
     assert c.quiet(1.0) == [], "acknowledged messages were sent again"
 
 
+def test_takeover_resends_what_was_in_flight(broker, transport):
+    """A takeover while QoS 1 deliveries are unacknowledged (the old socket not
+    yet gone): the new connection gets them again, DUP set, same packet ids,
+    and delivery goes on (the window is not left full of stale entries)."""
+    cid = uniq("takeinfl")
+    old = h.raw_client(broker, transport, client_id=cid, clean=False)
+    old.subscribe([("ti/t", 1)])
+    p = h.raw_client(broker, "tcp", client_id=uniq("tip"))
+    for i in range(3):
+        p.publish("ti/t", f"t{i}".encode(), qos=1)
+    first = old.messages(3, ack=False)
+    assert [m.payload for m in first] == [b"t0", b"t1", b"t2"]
+    new = h.raw_client(broker, transport, client_id=cid, clean=False)  # old still open
+    assert new.session_present
+    again = new.messages(3, ack=True)
+    assert [m.payload for m in again] == [b"t0", b"t1", b"t2"]
+    assert all(m.dup for m in again), f"resent messages must carry DUP: {again}"
+    assert [m.pid for m in again] == [m.pid for m in first], "resend must reuse the packet ids"
+    for i in range(3, 6):
+        p.publish("ti/t", f"t{i}".encode(), qos=1)
+    later = new.messages(3, ack=True)
+    assert [m.payload for m in later] == [b"t3", b"t4", b"t5"]
+
+
 def test_session_takeover(broker, transport):
     """A second connection with the same client id closes the first; the session
     (subscriptions) carries over; the new connection works."""
