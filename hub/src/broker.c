@@ -704,8 +704,13 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 	perch_err err = PERCH_OK;
 	if (s == NULL) {
 		err = session_new(b, cid, !p->clean_session, &s);
-		if (err == PERCH_OK && s->persistent)
+		if (err == PERCH_OK && s->persistent) {
 			err = hub_store_session_put(b->store, cid, wall_ms(), wall_ms());
+			if (err != PERCH_OK) {
+				session_discard(b, s); /* not half-made in the map */
+				s = NULL;
+			}
+		}
 	} else {
 		present = true;
 		hub_queue_rewind(s->queue);
@@ -722,8 +727,12 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 		err = hub_msg_new(p->will_topic, p->will_payload, (perch_slice){NULL, 0},
 		                  p->will_qos > 1 ? 1 : p->will_qos, p->will_retain, 0, 0,
 		                  &s->will);
-		if (err != PERCH_OK)
+		if (err != PERCH_OK) {
+			if (!s->persistent)
+				session_discard(b,
+				                s); /* a clean session dies with its connection */
 			return -1;
+		}
 	}
 	s->conn = c;
 	c->session = s;
