@@ -18,6 +18,7 @@
 # Run by tests/run.sh (PERCH_ROOT = repo root, O = build dir);
 # alone: bash tests/integration/test_agent.sh
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 cd "$root"
@@ -36,23 +37,8 @@ net=perch-test-agent-$$
 stalled=stalled-$$
 stall_pid=
 
-ok() { echo "ok   - $*"; }
-fail() { echo "FAIL - $*" >&2; exit 1; }
 
-free_port() {
-	local p i
-	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 40000))
-		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
-	done
-	fail "no free port found"
-}
 
-running() {
-	local st
-	st=$(sed -n 's/^.*) \(.\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-	[ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
 
 unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG PERCH_IMAGE_TAG
 PERCH_REGISTRY_PORT=$(free_port)
