@@ -4,7 +4,7 @@
 # registry (Debian's docker-registry, distribution 2.8) on 127.0.0.1 with
 # htpasswd (bcrypt) credentials.
 #
-# Usage: deploy/perch-env.sh up|down|status|env
+# Usage: deploy/perch-env.sh up|down|registry-down|status|env
 #
 #   up      Make sure a Docker engine answers on PERCH_DOCKER_SOCK (start dockerd
 #           when nothing answers; install docker.io through install-deps.sh when
@@ -15,6 +15,8 @@
 #   down    Stop only what `up` started: the registry, and dockerd only if `up`
 #           started it (by pid, waiting for exit). An engine that was already
 #           running is never stopped. State (password, images) is kept.
+#   registry-down  Stop only the registry `up` started; the engine stays (tests
+#           use it to see what a pull from a registry that is down does).
 #   status  One line per service; exit 0 when both answer, 1 otherwise.
 #   env     Print `export` lines for callers:  eval "$(deploy/perch-env.sh env)"
 #           PERCH_REGISTRY=127.0.0.1:PORT PERCH_REGISTRY_USER
@@ -426,6 +428,7 @@ cmd_env() {
 case "${1:-}" in
 	up) cmd_up ;;
 	down) cmd_down ;;
+	registry-down) registry_down ;;
 	status) cmd_status ;;
 	env) cmd_env ;;
 	-h | --help | help) usage ;;

@@ -226,7 +226,10 @@ ok "removed both containers; inspect after remove: ENOENT"
 
 # --- the registry down ---------------------------------------------------------------------------
 "$probe" image-rm "$image:1" >/dev/null || fail "image-rm"
-timeout 120 bash "$perch_env" down >/dev/null 2>&1 || fail "perch-env down"
+# Only the registry: a plain `down` would also stop a dockerd this test's `up`
+# started (as on a fresh CI machine), and the pull would then fail for the
+# wrong reason.
+timeout 120 bash "$perch_env" registry-down >/dev/null 2>&1 || fail "perch-env registry-down"
 out=$(timeout 60 "$probe" pull "$image" 1 -u "$PERCH_REGISTRY_USER" -p "$pwfile" -r "$PERCH_REGISTRY") &&
 	fail "pull from a stopped registry succeeded"
 last=$(tail -1 <<<"$out")
