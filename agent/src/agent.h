@@ -121,6 +121,7 @@ typedef struct agent_mod {
 	uint32_t restart_count;    /* restarts by the agent, ever */
 	uint32_t backoff_n;        /* restarts in a row (reset when healthy) */
 	bool fresh;                /* start it whatever the policy says */
+	bool engine_check;         /* the engine went away: did it take the module down? */
 	bool pulling;              /* a pull is in flight */
 	agent_docker_op *pull_op;  /* that pull, for cancel */
 	void *pull_ctx;            /* its callback context (reconcile.c) */
@@ -143,6 +144,16 @@ typedef struct agent_hubproc {
 	int last_status;  /* wait status of the last death */
 } agent_hubproc;
 
+/* A graceful stop in flight (POST /containers/ID/stop, asynchronous): the
+ * container is removed or recreated once it has exited. A fixed table, so
+ * that the stop's callback can point at its slot. */
+#define AGENT_MAX_STOPPING 32
+typedef struct agent_stopping {
+	struct agent *a;
+	bool used;
+	char id[AGENT_DOCKER_ID_MAX];
+} agent_stopping;
+
 typedef struct agent {
 	agent_settings cfg;
 	char *config_path; /* passed to perch-hub too; NULL: none */
@@ -158,12 +169,14 @@ typedef struct agent {
 	char desired_desc[AGENT_DESC_MAX];
 	int64_t manifest_mtime_ns; /* of the last read attempt */
 	bool docker_up;            /* the events stream is connected */
+	int64_t engine_lost_ms;    /* when the events stream was last lost (Unix ms) */
 	bool network_ok;           /* the network exists (since the last connect) */
 	bool dirty;                /* reconcile at the next turn */
 	int64_t next_sync_ms;      /* periodic safety reconcile */
 	int mgmt_fd;               /* listening unix socket, -1 */
 	agent_hubproc hub;
 	agent_backoff backoff;
+	agent_stopping stopping[AGENT_MAX_STOPPING];
 } agent;
 
 /* Wall clock in Unix milliseconds. */

@@ -13,12 +13,27 @@
  * 10 s as a safety net. Containers without perch.owner=perch-agent are never
  * touched.
  *
+ * Stops are graceful: a container that is replaced (settings changed), dropped
+ * from the deployment or set to status: stopped gets POST /stop (SIGTERM, then
+ * SIGKILL after agent.stop_grace_ms), asynchronously, so a module that takes
+ * its time to flush never delays the others; it is removed (or recreated)
+ * once it has exited.
+ *
+ * Crash points (a test hook): with PERCH_AGENT_CRASHPOINT=NAME in its
+ * environment the agent kills itself with SIGKILL at that step, so tests can
+ * check it converges after a crash at exactly that moment: "pulled" (image
+ * pulled, container not created), "created" (created, not started),
+ * "old-stopped" (the replaced container stopped, not removed), "old-removed"
+ * (removed, the new one not created).
+ *
  * Deployments: a manifest text that parses becomes the applied deployment
  * and is stored (state.c); one that does not is refused as a whole, each
  * error logged with its JSON path, and the applied one stays.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -27,8 +42,15 @@
 #include "perch/alloc.h"
 #include "perch/log.h"
 
-#define RESYNC_MS      10000 /* safety-net reconcile period */
-#define PULL_TIMEOUTMS 600000
+#define RESYNC_MS 10000 /* safety-net reconcile period */
+/* A module whose container exited after the events stream was lost (or
+ * shortly before: dockerd closes its API, then stops the containers, but
+ * clocks and ordering are loose) went down with the engine: when the engine
+ * is back it is started again whatever its restart policy says (a daemon
+ * shutdown stops containers with SIGTERM, so they exit 0 or 143, which
+ * on-failure would otherwise leave stopped). */
+#define ENGINE_DOWN_WINDOW_MS 10000
+#define PULL_TIMEOUTMS        600000
 
 typedef struct pull_ctx {
 	agent *a;
@@ -45,6 +67,16 @@ __attribute__((format(printf, 3, 4))) static void set_desc(agent_mod *m, agent_r
 	va_end(ap);
 	perch_log_redact(m->desc, sizeof m->desc);
 	m->rt = rt;
+}
+
+/* crashpoint: the test hook described above. */
+static void crashpoint(const char *name)
+{
+	const char *want = getenv("PERCH_AGENT_CRASHPOINT");
+	if (want == NULL || strcmp(want, name) != 0)
+		return;
+	PERCH_WARN("agent", "crash point %s: killing myself (PERCH_AGENT_CRASHPOINT)", name);
+	raise(SIGKILL);
 }
 
 static agent_mod *find_mod(agent *a, const char *name)
@@ -166,13 +198,14 @@ static void on_pulled(void *ud, perch_err err, const char *msg)
 			m->pull_failures = 0;
 			m->pull_retry_ms = 0;
 			PERCH_NOTICE("agent", "module %s: pulled %s", m->name, c->image);
+			crashpoint("pulled");
 		} else {
 			m->pull_failures++;
 			int64_t delay = agent_restart_delay_ms(&a->backoff, m->pull_failures);
 			m->pull_retry_ms = agent_now_ms() + delay;
 			set_desc(m, AGENT_RT_BACKOFF,
-			         "pull of %s failed (%s): %s; retrying in %llds", c->image,
-			         perch_strerror(err), msg, (long long)(delay / 1000));
+			         "pull of %s failed (%s): %s; retrying in %.1f s", c->image,
+			         perch_strerror(err), msg, (double)delay / 1000.0);
 			PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
 		}
 		a->dirty = true;
@@ -300,15 +333,81 @@ static void note_image(agent *a, agent_mod *m, const char *ref)
 	}
 }
 
-/* stop_done logs a failed asynchronous stop (ud: unused; the module may be
- * gone by now, and the next reconcile looks again anyway). */
+/* stop_done ends a graceful stop (ud: its slot): the next reconcile removes
+ * or recreates the container, or sees that it still runs (and tries again). */
 static void stop_done(void *ud, perch_err err, long http, const json_t *resp, const char *msg)
 {
-	(void)ud;
+	agent_stopping *slot = ud;
 	(void)resp;
 	(void)http;
 	if (err != PERCH_OK)
-		PERCH_WARN("agent", "a module's stop failed: %s", msg);
+		PERCH_WARN("agent", "stop of container %.12s failed: %s", slot->id, msg);
+	slot->used = false;
+	slot->a->dirty = true;
+}
+
+/* stopping finds the slot of a stop of id in flight, or NULL. */
+static agent_stopping *stopping(agent *a, const char *id)
+{
+	for (size_t i = 0; i < AGENT_MAX_STOPPING; i++)
+		if (a->stopping[i].used && strcmp(a->stopping[i].id, id) == 0)
+			return &a->stopping[i];
+	return NULL;
+}
+
+/* stop_async asks the engine to stop container id gracefully, without
+ * waiting (a stop already in flight is left to finish). Returns false when
+ * the stop could not be sent: the caller force-removes instead. */
+static bool stop_async(agent *a, const char *id, const char *module, const char *why)
+{
+	if (stopping(a, id) != NULL)
+		return true;
+	agent_stopping *slot = NULL;
+	for (size_t i = 0; i < AGENT_MAX_STOPPING && slot == NULL; i++)
+		if (!a->stopping[i].used)
+			slot = &a->stopping[i];
+	if (slot == NULL)
+		return false;
+	char path[160];
+	int grace_s = (int)((a->cfg.stop_grace_ms + 999) / 1000);
+	snprintf(path, sizeof path, "/containers/%s/stop?t=%d", id, grace_s);
+	slot->a = a;
+	snprintf(slot->id, sizeof slot->id, "%s", id);
+	if (agent_docker_call_async(a->docker, "POST", path, NULL, a->cfg.stop_grace_ms + 30000,
+	                            stop_done, slot, NULL) != PERCH_OK)
+		return false;
+	slot->used = true;
+	PERCH_NOTICE("agent", "module %s: stopping container %.12s (%s; SIGKILL after %d s)",
+	             module, id, why, grace_s);
+	return true;
+}
+
+/* retire_container makes way for a new container or none: a running one is
+ * stopped gracefully first (returns false: not yet); a stopped one is
+ * removed (returns true when it is gone). */
+static bool retire_container(agent *a, const char *id, bool running, const char *module,
+                             const char *why)
+{
+	if (running && stop_async(a, id, module, why))
+		return false;
+	if (stopping(a, id) != NULL)
+		return false; /* exited, and the stop's answer is on its way */
+	crashpoint("old-stopped");
+	if (agent_docker_remove(a->docker, id, true) != PERCH_OK) {
+		PERCH_WARN("agent", "module %s: remove %.12s: %s", module, id,
+		           agent_docker_errmsg(a->docker));
+		return false;
+	}
+	PERCH_INFO("agent", "module %s: removed container %.12s", module, id);
+	crashpoint("old-removed");
+	return true;
+}
+
+static bool summary_running(const json_t *c)
+{
+	const char *state = json_string_value(json_object_get(c, "State"));
+	return state != NULL && (strcmp(state, "running") == 0 ||
+	                         strcmp(state, "restarting") == 0 || strcmp(state, "paused") == 0);
 }
 
 /* start_container starts m's existing container; returns 0 or a retry wait. */
@@ -376,6 +475,7 @@ static int create_container(agent *a, agent_mod *m)
 	}
 	PERCH_INFO("agent", "module %s: created container %.12s (hash %.12s)", m->name, m->id,
 	           d->settings_hash);
+	crashpoint("created");
 	return start_container(a, m, "created");
 }
 
@@ -402,14 +502,14 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 		const char *cid = json_string_value(json_object_get(c, "Id"));
 		snprintf(m->id, sizeof m->id, "%s", cid != NULL ? cid : "");
 		if (hash == NULL || strcmp(hash, d->settings_hash) != 0) {
-			PERCH_NOTICE("agent",
-			             "module %s: settings changed, recreating container %.12s",
-			             m->name, m->id);
-			if (agent_docker_remove(a->docker, m->id, true) != PERCH_OK) {
-				set_desc(m, AGENT_RT_UNKNOWN, "cannot remove the old container: %s",
-				         agent_docker_errmsg(a->docker));
-				return 2000;
+			if (!retire_container(a, m->id, summary_running(c), m->name,
+			                      "settings changed")) {
+				set_desc(m, AGENT_RT_UNKNOWN,
+				         "settings changed: stopping the old container %.12s",
+				         m->id);
+				return (int)a->cfg.stop_grace_ms + 5000;
 			}
+			PERCH_NOTICE("agent", "module %s: settings changed, recreating", m->name);
 			have = false;
 			m->fresh = true;
 		}
@@ -426,16 +526,9 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 	if (d->status == AGENT_STATUS_STOPPED) {
 		m->fresh = true;
 		m->next_try_ms = 0;
-		if (have && st.running) {
-			char path[160];
-			snprintf(path, sizeof path, "/containers/%s/stop?t=%d", m->id,
-			         (int)(a->cfg.stop_grace_ms / 1000));
-			if (agent_docker_call_async(a->docker, "POST", path, NULL,
-			                            a->cfg.stop_grace_ms + 30000, stop_done, NULL,
-			                            NULL) == PERCH_OK)
-				PERCH_NOTICE("agent", "module %s: stopping (status: stopped)",
-				             m->name);
-		}
+		if (have && st.running &&
+		    !stop_async(a, m->id, m->name, "the deployment says status: stopped"))
+			return 2000;
 		set_desc(m, AGENT_RT_STOPPED, "stopped (the deployment says status: stopped)");
 		return -1;
 	}
@@ -456,6 +549,7 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 	if (st.running) {
 		bool unhealthy = strcmp(st.health, "unhealthy") == 0;
 		m->fresh = false;
+		m->engine_check = false;
 		if (m->next_try_ms != 0) {
 			m->next_try_ms = 0;
 			m->dirty_state = true;
@@ -482,6 +576,11 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 		}
 		return -1;
 	}
+	bool with_engine = m->engine_check && finished > 0 &&
+	                   finished >= a->engine_lost_ms - ENGINE_DOWN_WINDOW_MS;
+	m->engine_check = false;
+	if (with_engine)
+		return start_container(a, m, "it stopped with the Docker engine");
 	if (strcmp(st.status, "created") == 0 || m->fresh)
 		return start_container(a, m, m->fresh ? "deployed" : "created earlier");
 	if (!agent_restart_wanted(d->restart_policy, true, st.exit_code, false)) {
@@ -572,19 +671,21 @@ int agent_reconcile(agent *a)
 	}
 	size_t i;
 	json_t *c;
+	int dropped_wait = -1;
 	json_array_foreach(list, i, c)
 	{
 		const char *mod = module_label(c);
 		const char *id = json_string_value(json_object_get(c, "Id"));
 		if (id == NULL || (mod != NULL && find_mod(a, mod) != NULL))
 			continue;
-		PERCH_NOTICE("agent",
-		             "removing container %.12s of module %s (not in the deployment)", id,
-		             mod != NULL ? mod : "?");
-		if (agent_docker_remove(a->docker, id, true) != PERCH_OK)
-			PERCH_WARN("agent", "remove %.12s: %s", id, agent_docker_errmsg(a->docker));
+		if (stopping(a, id) == NULL)
+			PERCH_NOTICE("agent", "module %s: container %.12s is not in the deployment",
+			             mod != NULL ? mod : "?", id);
+		if (!retire_container(a, id, summary_running(c), mod != NULL ? mod : "?",
+		                      "not in the deployment"))
+			dropped_wait = (int)a->cfg.stop_grace_ms + 5000;
 	}
-	int wait = RESYNC_MS;
+	int wait = min_wait(RESYNC_MS, dropped_wait);
 	bool hub_wait = a->cfg.hub_enabled && !a->hub.ever_ready;
 	for (size_t k = 0; k < a->n_mods; k++) {
 		agent_mod *m = &a->mods[k];
@@ -635,9 +736,12 @@ void agent_on_event(void *ud, const agent_docker_event *ev)
 		PERCH_WARN("agent", "Docker events stream lost (%s): %s", perch_strerror(ev->err),
 		           ev->msg);
 		a->docker_up = false;
-		for (size_t i = 0; i < a->n_mods; i++)
+		a->engine_lost_ms = agent_now_ms();
+		for (size_t i = 0; i < a->n_mods; i++) {
 			set_desc(&a->mods[i], AGENT_RT_UNKNOWN, "Docker engine not answering: %s",
 			         ev->msg);
+			a->mods[i].engine_check = true;
+		}
 		return;
 	}
 	if (!ours(a, ev->attrs))
