@@ -12,7 +12,8 @@
 #     on-unhealthy (a failing Docker healthcheck: killed and restarted)
 #   - pulls: a wrong registry password, a registry that is down, an image
 #     that does not exist -> each module in backoff with the reason, the
-#     others untouched, no password in the log
+#     others untouched, no password in the log; imagePullPolicy never with
+#     the image absent -> failed, never pulled
 #   - a hostile createOptions (Privileged, a host bind mount) -> the manifest
 #     refused with the path, lastDesiredStatus 400, nothing touched
 #   - one module's settings changed -> only it replaced, the old container
@@ -263,13 +264,14 @@ else
 fi
 
 # --- pulls that fail ---------------------------------------------------------------------------
-badpw=badpw-$$ missing=missing-$$ down=down-$$
+badpw=badpw-$$ missing=missing-$$ down=down-$$ nopull=nopull-$$
 down_port=$(free_port)
 kil_id=$(cid "$kil")
 manifest "$tmp/dep.json" "$(mod "$kil" always)" \
 	"$(mod "$badpw" always '{}' '""' "localhost:$regport/perch-test/faults:$tag-b")" \
 	"$(mod "$missing" always '{}' '""' "$reg/perch-test/does-not-exist:1")" \
-	"$(mod "$down" always '{}' '""' "127.0.0.1:$down_port/perch-test/faults:1")"
+	"$(mod "$down" always '{}' '""' "127.0.0.1:$down_port/perch-test/faults:1")" \
+	"$(mod "$nopull" always '{}' '""' "$img2" | sed 's/"restartPolicy"/"imagePullPolicy": "never", &/')"
 kill -HUP "$agent_pid"
 wait_for 60 "$badpw in backoff" is "$badpw" runtimeStatus backoff
 wait_for 60 "$missing in backoff" is "$missing" runtimeStatus backoff
@@ -284,6 +286,11 @@ ok "image that does not exist: '$d'"
 d=$(field "$down" statusDescription)
 [[ $d == *"connection refused"* ]] || fail "registry down: $d"
 ok "registry down: '$d'"
+wait_for 30 "$nopull failed" is "$nopull" runtimeStatus failed
+d=$(field "$nopull" statusDescription)
+[[ $d == *"not on the device and imagePullPolicy is never"* ]] || fail "imagePullPolicy never: $d"
+grep -q "module $nopull: pulling" "$tmp/agent1.log" && fail "$nopull was pulled despite imagePullPolicy never"
+ok "imagePullPolicy never with the image absent: failed, not pulled: '$d'"
 [ "$(cid "$kil")" = "$kil_id" ] && is "$kil" runtimeStatus running || fail "$kil disturbed by the failing pulls"
 for m in "$never" "$of0" "$of3" "$al0" "$unh"; do [ "$(count_of "$m")" = 0 ] || fail "$m (dropped) still has a container"; done
 grep -qF -- "$password" "$tmp"/agent1.log && fail "a registry password appears in the agent's log"
