@@ -50,6 +50,9 @@
 #   PERCH_BENCH_SPACING     seconds between two crashes (1.1; smoke 0.2)
 #   PERCH_BENCH_DEPLOY      modules of the deployment (10; smoke 2)
 #   PERCH_BENCH_DEFAULTS=0  skip the agent-default crash run (smoke: skipped)
+#   PERCH_BENCH_BUILD       what the report says perch-agent was built from
+#                           (default: this tree's git commit, and the files of
+#                           common/ proto/ agent/ Makefile changed since)
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
@@ -357,7 +360,7 @@ crash_run() {
 	for s in $settings; do sets+=(--set "$s"); done
 	remove_containers
 	for ((i = 1; i <= N; i++)); do names+=("$PFX-$side-$i"); last+=(0); done
-	log "crash run '$side': $N containers, $K crashes each, each after >= ${UPTIME}s up, ${SPACING}s apart"
+	log "crash run '$side': $N container(s), $K crashes each, each after >= ${UPTIME}s up, ${SPACING}s apart"
 	if [ "$side" = docker ]; then
 		for ((i = 1; i <= N; i++)); do
 			dk run -d --name "${names[i - 1]}" --label "perch.bench=$RUNID" --restart always \
@@ -428,9 +431,14 @@ crash_run agent "agent.restart.healthy=10s"
 [ "$DEFAULTS" = 1 ] && crash_run agent-default ""
 
 # ---- results -----------------------------------------------------------------------------
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no -- common proto agent Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
-agent_build="commit $rev${dirty:+ plus uncommitted changes to $dirty}"
+if [ -n "${PERCH_BENCH_BUILD:-}" ]; then
+	agent_build=$PERCH_BENCH_BUILD
+elif rev=$(git rev-parse --short HEAD 2>/dev/null); then
+	dirty=$(git status --porcelain -- common proto agent Makefile 2>/dev/null | awk '{print $2}' | xargs)
+	agent_build="commit $rev${dirty:+ plus uncommitted changes to $dirty}"
+else
+	agent_build="a tree that is not a git checkout"
+fi
 elapsed=$((SECONDS - started_at))
 printf '%s\n' "${CRASH_JSON[@]}" | jq -s '.' >"$TMP/crash.json"
 printf '%s\n' "${DEPLOY_JSON[@]}" | jq -s '.' >"$TMP/deploy.json"
@@ -462,10 +470,10 @@ md=$OUT/agent.md
 	echo
 	echo "## Crash to running (die event to start event)"
 	echo
-	echo "$N containers a side, each crashed $K times by \`kill -9\` of its main process from the host,"
+	echo "$N container$([ "$N" = 1 ] || echo s) a side, each crashed $K times by \`kill -9\` of its main process from the host,"
 	echo "each after at least ${UPTIME} s up, ${SPACING} s between crashes; time from the container's"
-	echo "\`die\` event to its next \`start\` event (\`docker events\` timeNano). p99 is the nearest rank"
-	echo "($((N * K)) crashes: the $(((99 * N * K + 99) / 100))th of $((N * K))). Target: perch-agent faster than Docker's own restart policy (ratio < 1)."
+	echo "\`die\` event to its next \`start\` event (\`docker events\` timeNano). p99 is the nearest rank:"
+	echo "rank $(((99 * N * K + 99) / 100)) of $((N * K)). Target: perch-agent faster than Docker's own restart policy (ratio < 1)."
 	echo
 	echo "| runtime | settings | crashes | median | p99 | median agent/Docker | p99 agent/Docker | target |"
 	echo "|---|---|---:|---:|---:|---:|---:|---|"

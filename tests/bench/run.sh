@@ -30,6 +30,12 @@
 #   PERCH_BENCH_CLIENTS     idle clients for the memory measurement (1000)
 #   PERCH_BENCH_ONLY        regex over scenario names (e.g. 'tcp-q1'), others skipped
 #   PERCH_BENCH_BROKERS     brokers to run ("mosquitto hub")
+#   PERCH_BENCH_AGENT=0     skip the perch-agent benchmark below
+#
+# Then, unless PERCH_BENCH_AGENT=0, tests/bench/agent_bench.sh (with --smoke
+# when given): perch-agent against Docker's own restart policy, a deployment
+# from nothing, the agent's memory (needs the Docker engine and the registry of
+# deploy/perch-env.sh); its tables go to $O/bench/agent.md.
 #
 # Only loopback; only processes this script started are signalled, by PID.
 set -u
@@ -442,12 +448,21 @@ echo
 [ ${#issues[@]} = 0 ] || printf 'note: %s\n' "${issues[@]}"
 echo "results: $md"
 
+rc=0
 if [ $SMOKE = 1 ]; then
 	runs=$(ls "$RAW"/*.json 2>/dev/null | wc -l)
 	if [ "$runs" = 0 ] || [ ${#issues[@]} != 0 ]; then
 		echo "bench smoke: FAILED" >&2
-		exit 1
+		rc=1
+	else
+		echo "bench smoke: ok ($runs runs)"
 	fi
-	echo "bench smoke: ok ($runs runs)"
 fi
-exit 0
+
+# ---- perch-agent and Docker's restart policy: a script of its own -------------
+if [ "${PERCH_BENCH_AGENT:-1}" != 0 ]; then
+	agent_args=()
+	[ $SMOKE = 1 ] && agent_args=(--smoke)
+	O=$O bash tests/bench/agent_bench.sh "${agent_args[@]}" || rc=1
+fi
+exit $rc
