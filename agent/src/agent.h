@@ -108,9 +108,10 @@ const char *agent_runtime_name(agent_runtime r);
 
 typedef struct agent_mod {
 	char name[AGENT_MANIFEST_MAX_NAME + 1];
-	const agent_module *m;        /* borrowed from the agent's deployment */
-	agent_runtime rt;             /* what the report says */
-	char desc[AGENT_DESC_MAX];    /* statusDescription */
+	const agent_module *m;     /* borrowed from the agent's deployment */
+	char hash[65];             /* perch.hash: the module's settings hash and the agent's side */
+	agent_runtime rt;          /* what the report says */
+	char desc[AGENT_DESC_MAX]; /* statusDescription */
 	char id[AGENT_DOCKER_ID_MAX]; /* container id, "" when none */
 	char image_id[AGENT_DOCKER_ID_MAX];
 	char digest[256];          /* repo@sha256:..., "" unknown */

@@ -38,6 +38,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <mbedtls/sha256.h>
+
 #include "agent.h"
 #include "perch/alloc.h"
 #include "perch/log.h"
@@ -300,7 +302,7 @@ static json_t *create_body(const agent *a, const agent_mod *m)
 	json_t *labels = obj_member(b, "Labels");
 	json_object_set_new(labels, AGENT_OWNER_LABEL, json_string(AGENT_OWNER_VALUE));
 	json_object_set_new(labels, AGENT_MODULE_LABEL, json_string(d->name));
-	json_object_set_new(labels, AGENT_HASH_LABEL, json_string(d->settings_hash));
+	json_object_set_new(labels, AGENT_HASH_LABEL, json_string(m->hash));
 	json_object_set_new(labels, AGENT_INST_LABEL, json_string(a->cfg.instance));
 	json_t *hc = obj_member(b, "HostConfig");
 	json_array_append_new(arr_member(hc, "ExtraHosts"), json_string("perch-hub:host-gateway"));
@@ -474,7 +476,7 @@ static int create_container(agent *a, agent_mod *m)
 		return 5000;
 	}
 	PERCH_INFO("agent", "module %s: created container %.12s (hash %.12s)", m->name, m->id,
-	           d->settings_hash);
+	           m->hash);
 	crashpoint("created");
 	return start_container(a, m, "created");
 }
@@ -501,7 +503,7 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 		        json_object_get(json_object_get(c, "Labels"), AGENT_HASH_LABEL));
 		const char *cid = json_string_value(json_object_get(c, "Id"));
 		snprintf(m->id, sizeof m->id, "%s", cid != NULL ? cid : "");
-		if (hash == NULL || strcmp(hash, d->settings_hash) != 0) {
+		if (hash == NULL || strcmp(hash, m->hash) != 0) {
 			if (!retire_container(a, m->id, summary_running(c), m->name,
 			                      "settings changed")) {
 				set_desc(m, AGENT_RT_UNKNOWN,
@@ -769,6 +771,29 @@ void agent_on_event(void *ud, const agent_docker_event *ev)
 
 /* ---- deployments --------------------------------------------------------------- */
 
+/* effective_hash fills m->hash: what the container is made of is the
+ * module's settings (its settings hash, manifest.c) and what the agent adds
+ * from its own configuration; a change in either recreates the container. */
+static void effective_hash(const agent *a, agent_mod *m)
+{
+	char text[1024];
+	int n = snprintf(text, sizeof text, "%s\ndevice=%s\nhub_port=%lld\nnetwork=%s\nlog=%s/%lld",
+	                 m->m->settings_hash, a->device_id, (long long)a->cfg.hub_port,
+	                 a->cfg.network, a->cfg.log_max_size, (long long)a->cfg.log_max_file);
+	unsigned char digest[32];
+	if (n < 0 || (size_t)n >= sizeof text ||
+	    mbedtls_sha256_ret((const unsigned char *)text, (size_t)n, digest, 0) != 0) {
+		snprintf(m->hash, sizeof m->hash, "%s", m->m->settings_hash);
+		return;
+	}
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < sizeof digest; i++) {
+		m->hash[2 * i] = hex[digest[i] >> 4];
+		m->hash[2 * i + 1] = hex[digest[i] & 15];
+	}
+	m->hash[64] = '\0';
+}
+
 /* mods_rebuild makes the module records of nd, carrying over what the
  * agent knows of modules kept by name. */
 static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
@@ -799,6 +824,7 @@ static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
 			agent_state_load_mod(a, &nm[i]);
 		}
 		nm[i].m = d;
+		effective_hash(a, &nm[i]);
 	}
 	agent_mods_free(a);
 	a->mods = nm;

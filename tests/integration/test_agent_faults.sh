@@ -21,6 +21,7 @@
 #   - the agent killed (SIGKILL, PERCH_AGENT_CRASHPOINT) after a pull, after
 #     a create, after the old container's stop and after its removal -> the
 #     restarted agent converges: every module running, one container each
+#   - the agent's device_id changed -> the modules recreated with it
 #   - a private dockerd (own socket and data root) stopped and started again
 #     -> status says the engine is gone, then the same containers run again
 #     (not recreated)
@@ -377,6 +378,16 @@ crash old-removed "between the removal of the old container and the create of th
 [ "$(docker inspect -f '{{index .Config.Labels "perch.hash"}}' "$kil")" != "" ] || fail "no hash label"
 [ "$(cid "$keep")" = "$keep_id" ] || fail "$keep was recreated by the crashes"
 ok "through four crashes, $keep was never recreated"
+
+# --- the agent's own settings that modules see -----------------------------------------------
+sed -i "s/device_id: faults-$$/device_id: faults-renamed-$$/" "$tmp/config.yaml"
+start_agent "$tmp/agent-renamed.log" --manifest "$tmp/dep.json"
+wait_for 60 "$keep recreated with the new device id" bash -c \
+	"docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' $keep | grep -qx IOTEDGE_DEVICEID=faults-renamed-$$"
+wait_for 30 "$keep running after the device id change" is "$keep" runtimeStatus running
+[ "$(cid "$keep")" != "$keep_id" ] || fail "$keep not recreated"
+ok "agent.device_id changed: the modules recreated with IOTEDGE_DEVICEID=faults-renamed-$$"
+stop_agent || fail "the agent did not stop cleanly"
 
 # --- the Docker daemon goes away and comes back (private dockerd) -----------------------------
 if [ "${PERCH_TEST_PRIVATE_DOCKERD:-1}" = 1 ]; then
