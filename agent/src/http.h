@@ -1,0 +1,214 @@
+/*
+ * http.h — the agent's small HTTP/1.1 client over a unix socket, written for
+ * the Docker Engine API (agent/src/docker*.c) so that perch-agent does not
+ * carry libcurl and the thirty libraries it loads (see docs/agent-docker.md).
+ *
+ * Two halves:
+ *
+ *   http_wire.c  pure, no I/O: the request writer, and the streaming parser
+ *                of an answer that accepts any split of the byte stream —
+ *                status line, headers, bodies by Content-Length, chunked
+ *                (extensions and trailers tolerated) or until close, 1xx
+ *                interim answers skipped. Every line and the header block are
+ *                bounded: the engine is semi-trusted, and a bad answer is
+ *                PERCH_EPROTO with a reason, never a crash. Unit-tested in
+ *                http_test.c, fuzzed by tests/fuzz/fuzz_http_response.c.
+ *
+ *   http.c       one exchange (connect, send, receive) as a non-blocking
+ *                state machine that the caller drives with poll
+ *                (agent_http_xfer_*), and the blocking exchange on a
+ *                kept-alive connection built on it (agent_http_call).
+ *
+ * Nothing here allocates except the request writer; nothing starts a thread.
+ * Every function is for one thread at a time (the agent's loop).
+ */
+#ifndef AGENT_HTTP_H
+#define AGENT_HTTP_H
+
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "perch/err.h"
+
+#define AGENT_HTTP_LINE_MAX   8192        /* status, header, chunk-size or trailer line */
+#define AGENT_HTTP_FIELDS_MAX 100         /* header plus trailer lines of one answer */
+#define AGENT_HTTP_HEAD_MAX   (64u << 10) /* bytes of all those lines, 1xx answers included */
+#define AGENT_HTTP_PATH_MAX   108         /* a unix socket path, NUL included (sun_path) */
+
+/* ---- the response parser (http_wire.c) ---------------------------------------- */
+
+typedef enum agent_http_state {
+	AGENT_HTTP_S_STATUS,     /* reading a status line */
+	AGENT_HTTP_S_HEADER,     /* reading header lines */
+	AGENT_HTTP_S_BODY_LEN,   /* a Content-Length body: `left` bytes to go */
+	AGENT_HTTP_S_CHUNK_SIZE, /* a chunk-size line */
+	AGENT_HTTP_S_CHUNK_DATA, /* chunk data: `left` bytes to go */
+	AGENT_HTTP_S_CHUNK_END,  /* the line end after chunk data */
+	AGENT_HTTP_S_TRAILER,    /* trailer lines after the last chunk */
+	AGENT_HTTP_S_CLOSE,      /* a body that ends when the peer closes */
+	AGENT_HTTP_S_DONE,       /* the answer is complete */
+	AGENT_HTTP_S_ERROR,      /* the answer is malformed: see why */
+} agent_http_state;
+
+typedef struct agent_http_parser {
+	agent_http_state state;
+	int status;                     /* the final answer's status (100-599); 0 before its line */
+	int minor;                      /* the answer's HTTP/1.minor */
+	bool keep_alive;                /* DONE: the connection may carry another request */
+	bool chunked;                   /* Transfer-Encoding ends in chunked */
+	bool has_length;                /* a Content-Length was given (length holds it) */
+	bool conn_close;                /* Connection: close */
+	bool conn_keep;                 /* Connection: keep-alive (what makes HTTP/1.0 reusable) */
+	bool te_other;                  /* a Transfer-Encoding that does not end in chunked */
+	unsigned long long length;      /* the Content-Length */
+	unsigned long long left;        /* body or chunk bytes still to come */
+	unsigned long long body;        /* body bytes delivered so far */
+	unsigned fields;                /* header and trailer lines seen */
+	size_t head_bytes;              /* bytes of status, header and trailer lines seen */
+	size_t line_len;                /* bytes gathered in line */
+	const char *why;                /* ERROR: what was wrong (static text) */
+	char line[AGENT_HTTP_LINE_MAX]; /* the line being gathered (without its end) */
+} agent_http_parser;
+
+/* Where an answer goes. Both functions may be NULL; a non-OK return stops
+ * the parse, which returns that error. */
+typedef struct agent_http_sink {
+	/* The final answer's status line and headers are in (p->status, ...):
+	 * called once, before any body byte. p is borrowed for the call. */
+	perch_err (*head)(void *ud, const agent_http_parser *p);
+	/* n > 0 bytes of the body, decoded from its chunks. */
+	perch_err (*body)(void *ud, const char *data, size_t n);
+	void *ud;
+} agent_http_sink;
+
+/* agent_http_parser_init readies p for one answer. */
+void agent_http_parser_init(agent_http_parser *p);
+
+/*
+ * agent_http_parse takes n bytes of the answer, split anywhere. It stops at
+ * the end of the answer: *used (may be NULL) says how many bytes it took,
+ * fewer than n only when the answer is complete (p->state DONE) with bytes
+ * after it. Returns PERCH_OK (more is needed, or DONE), PERCH_EPROTO for a
+ * malformed answer (p->why says what; the parser stays in ERROR), or the
+ * sink's own error. data is borrowed.
+ */
+PERCH_MUST_USE perch_err agent_http_parse(agent_http_parser *p, const char *data, size_t n,
+                                          size_t *used, const agent_http_sink *sink);
+
+/* agent_http_parse_eof: the peer closed the connection. PERCH_OK when that
+ * ends the answer (a body delimited by the close; p->state is DONE then, and
+ * already-DONE stays OK); PERCH_ECLOSED when the answer was cut short (p->why
+ * says where). */
+PERCH_MUST_USE perch_err agent_http_parse_eof(agent_http_parser *p);
+
+/*
+ * agent_http_request writes a request: "METHOD TARGET HTTP/1.1", Host: host,
+ * the nh header lines of hdrs ("Name: value", borrowed), Content-Length when
+ * there is a body (or the method is POST or PUT), then body_len bytes of
+ * body (may be NULL). *out (NUL-terminated, *out_len bytes without the NUL)
+ * is the caller's: free it with agent_http_request_free, which wipes it (it
+ * may hold X-Registry-Auth). Errors: PERCH_EINVAL (a method that is not a
+ * token, a target that does not start with '/' or holds a space or a control
+ * character, a header line without "Name:" or with a control character),
+ * PERCH_ETOOBIG (target or a header line longer than AGENT_HTTP_LINE_MAX),
+ * PERCH_ENOMEM.
+ */
+PERCH_MUST_USE perch_err agent_http_request(const char *method, const char *target,
+                                            const char *host, const char *const *hdrs, size_t nh,
+                                            const char *body, size_t body_len, char **out,
+                                            size_t *out_len);
+
+/* agent_http_request_free wipes and frees a request of len bytes; NULL is fine. */
+void agent_http_request_free(char *req, size_t len);
+
+/* ---- one exchange on a connection (http.c) -------------------------------------- */
+
+typedef enum agent_http_phase {
+	AGENT_HTTP_IDLE,         /* not started */
+	AGENT_HTTP_CONNECT_WAIT, /* the listener's backlog was full: connect again at retry_at */
+	AGENT_HTTP_CONNECTING,   /* connect in progress: wait for POLLOUT */
+	AGENT_HTTP_SENDING,      /* writing the request */
+	AGENT_HTTP_RECEIVING,    /* reading the answer */
+	AGENT_HTTP_DONE,         /* ended: err says how */
+} agent_http_phase;
+
+typedef struct agent_http_xfer {
+	agent_http_phase phase;
+	int fd;                   /* the connection; -1 when there is none */
+	const char *path;         /* the socket path (borrowed) */
+	const char *req;          /* the request (borrowed until DONE) */
+	size_t req_len, req_off;  /* its length, and the bytes sent */
+	agent_http_sink sink;     /* where the answer goes */
+	long long connect_by;     /* monotonic ms by which the connect must be done */
+	long long deadline;       /* monotonic ms by which the exchange must end; -1 none */
+	long long retry_at;       /* CONNECT_WAIT: the next connect attempt */
+	bool reused;              /* ran on a connection kept from an earlier exchange */
+	bool connected;           /* the connection was (or is) up */
+	bool answered;            /* at least one byte of the answer arrived */
+	bool reusable;            /* DONE with OK, and the connection may be kept */
+	perch_err err;            /* DONE: PERCH_OK, or why it failed (see agent_http_call) */
+	int sys_errno;            /* the errno behind err; 0 when there is none */
+	const char *why;          /* DONE with an error: what happened (static text) */
+	agent_http_parser parser; /* the answer; parser.status once its head is in */
+} agent_http_xfer;
+
+/* agent_http_now_ms: monotonic milliseconds, the clock of every deadline here. */
+long long agent_http_now_ms(void);
+
+/*
+ * agent_http_xfer_begin starts sending req (req_len bytes, borrowed until
+ * DONE) on kept_fd when it is >= 0 (a connection kept from an earlier
+ * exchange, now x's), otherwise on a new non-blocking connection to path
+ * (borrowed). The connect must be done within connect_timeout_ms; the whole
+ * exchange by deadline (monotonic ms, agent_http_now_ms; -1: none). It may
+ * already do some I/O, and may even end (phase DONE) at once, e.g. when
+ * nothing listens at path: the caller learns of it as of any other end.
+ */
+void agent_http_xfer_begin(agent_http_xfer *x, const char *path, int kept_fd, const char *req,
+                           size_t req_len, const agent_http_sink *sink, long connect_timeout_ms,
+                           long long deadline);
+
+/* agent_http_xfer_pollfd: true, with *pfd filled (fd, events; revents 0),
+ * when x waits on its socket; false when it waits only on time or is DONE. */
+bool agent_http_xfer_pollfd(const agent_http_xfer *x, struct pollfd *pfd);
+
+/* agent_http_xfer_deadline: the monotonic ms at which x must be stepped even
+ * without socket events (a deadline, a connect retry; now when DONE), or -1. */
+long long agent_http_xfer_deadline(const agent_http_xfer *x);
+
+/*
+ * agent_http_xfer_step moves x on: I/O as revents (of poll, for x's fd; 0
+ * when only time passed) allows, then the deadlines. The sink's functions run
+ * from here. Returns true when x is DONE. Spurious events are harmless.
+ * Errors (x->err): PERCH_ECLOSED nothing listens at path (ENOENT,
+ * ECONNREFUSED; connected false) or the peer closed before the answer was
+ * complete (connected true); PERCH_EPERM no permission to connect;
+ * PERCH_ETIMEDOUT the connect or the exchange ran out of time; PERCH_EPROTO
+ * a malformed answer; PERCH_EIO another socket error (sys_errno); or the
+ * sink's error.
+ */
+bool agent_http_xfer_step(agent_http_xfer *x, short revents);
+
+/* agent_http_xfer_end finishes x: returns its connection when x ended well
+ * and the answer allows another request on it (x->reusable), for the caller
+ * to keep; otherwise closes it and returns -1. Safe on a zeroed x with fd -1
+ * and on an x that is not DONE (the exchange is abandoned). */
+int agent_http_xfer_end(agent_http_xfer *x);
+
+/*
+ * agent_http_call runs one exchange to its end, blocking (poll): on *kept
+ * when it is >= 0 and still sound, else on a new connection to path. When a
+ * kept connection turns out dead — the engine closed it while idle, and not
+ * one byte of the answer arrived — it runs the request once more on a new
+ * connection. Afterwards *kept holds the connection to keep for the next
+ * call, or -1. The connect must be done within connect_timeout_ms, the whole
+ * call by deadline (monotonic ms). Returns x->err (see agent_http_xfer_step);
+ * x tells the rest (parser.status, connected, why). req is borrowed.
+ */
+PERCH_MUST_USE perch_err agent_http_call(agent_http_xfer *x, const char *path, int *kept,
+                                         const char *req, size_t req_len,
+                                         const agent_http_sink *sink, long connect_timeout_ms,
+                                         long long deadline);
+
+#endif /* AGENT_HTTP_H */
