@@ -27,7 +27,7 @@ WARN     := -Wall -Wextra -Werror -Wconversion -Wshadow -Wvla -Wstrict-prototype
             -Wcast-align -Wimplicit-fallthrough -Wpointer-arith -Wwrite-strings \
             -Wmissing-declarations -Wredundant-decls
 INCS     := -Icommon/include -Iproto/include
-PKGS     := libwebsockets jansson yaml-0.1 sqlite3 libcurl
+PKGS     := libwebsockets jansson yaml-0.1 sqlite3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lmbedtls -lmbedx509 -lmbedcrypto -lm
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)

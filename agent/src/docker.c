@@ -1,9 +1,10 @@
 /*
- * docker.c — the Docker client's core: the blocking short calls on a private
- * libcurl easy handle, and the libcurl multi handle that runs the long calls
- * (pulls, the events stream, async requests) under the loop's control — the
- * socket and timer callbacks that keep the pollfd list, agent_docker_service,
- * and the completion of each async request. See docker.h for the contract.
+ * docker.c — the Docker client's core: the blocking short calls, one at a
+ * time on a kept-alive connection, and the async calls (pulls, the events
+ * stream, agent_docker_call_async), each on a connection of its own, which
+ * the loop drives — the pollfd list and the deadline it asks for,
+ * agent_docker_service, and the completion of each async request. The HTTP
+ * is agent/src/http.c's. See docker.h for the contract.
  */
 #include "docker_int.h"
 
@@ -11,104 +12,105 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <unistd.h>
 
 #include "perch/alloc.h"
 #include "perch/log.h"
 
+#define HOST "docker" /* what the engine expects in Host: (it ignores it) */
+
 long long agent_docker_now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return agent_http_now_ms();
 }
 
 /* ---- transport ----------------------------------------------------------------- */
 
-perch_err agent_docker_transport_err(const agent_docker *d, CURLcode rc, char *msg, size_t cap)
+perch_err agent_docker_transport_err(const agent_docker *d, const agent_http_xfer *x, char *msg,
+                                     size_t cap)
 {
-	switch (rc) {
-	case CURLE_OK: snprintf(msg, cap, "%s", ""); return PERCH_OK;
-	case CURLE_COULDNT_CONNECT:
-		snprintf(msg, cap, "Docker daemon not answering at %s", d->path);
+	const char *why = x->why != NULL ? x->why : "";
+	switch (x->err) {
+	case PERCH_OK: snprintf(msg, cap, "%s", ""); return PERCH_OK;
+	case PERCH_ECLOSED:
+		if (!x->connected) {
+			snprintf(msg, cap, "Docker daemon not answering at %s", d->path);
+			return PERCH_ECLOSED;
+		}
+		snprintf(msg, cap, "Docker daemon at %s closed the connection (%s)", d->path, why);
 		return PERCH_ECLOSED;
-	case CURLE_GOT_NOTHING:
-	case CURLE_RECV_ERROR:
-	case CURLE_SEND_ERROR:
-	case CURLE_PARTIAL_FILE:
-		snprintf(msg, cap, "Docker daemon at %s closed the connection (%s)", d->path,
-		         curl_easy_strerror(rc));
-		return PERCH_ECLOSED;
-	case CURLE_OPERATION_TIMEDOUT:
-		snprintf(msg, cap, "Docker daemon at %s: request timed out", d->path);
+	case PERCH_ETIMEDOUT:
+		snprintf(msg, cap, "Docker daemon at %s: %s", d->path,
+		         x->connected ? "request timed out" : "connect timed out");
 		return PERCH_ETIMEDOUT;
-	case CURLE_OUT_OF_MEMORY: snprintf(msg, cap, "out of memory"); return PERCH_ENOMEM;
-	case CURLE_WRITE_ERROR:
-		snprintf(msg, cap, "Docker daemon at %s: answer too large or malformed", d->path);
+	case PERCH_EPERM:
+		snprintf(msg, cap, "no permission to connect to the Docker daemon at %s", d->path);
+		return PERCH_EPERM;
+	case PERCH_ENOMEM: snprintf(msg, cap, "out of memory"); return PERCH_ENOMEM;
+	case PERCH_ETOOBIG:
+		snprintf(msg, cap, "Docker daemon at %s: answer too large", d->path);
+		return PERCH_EPROTO;
+	case PERCH_EPROTO:
+		snprintf(msg, cap, "Docker daemon at %s: malformed answer: %s", d->path, why);
 		return PERCH_EPROTO;
 	default:
-		snprintf(msg, cap, "Docker daemon at %s: %s", d->path, curl_easy_strerror(rc));
+		if (x->sys_errno != 0)
+			snprintf(msg, cap, "Docker daemon at %s: %s: %s", d->path, why,
+			         strerror(x->sys_errno));
+		else
+			snprintf(msg, cap, "Docker daemon at %s: %s", d->path, why);
 		return PERCH_EIO;
 	}
 }
 
 /* buf_append adds n bytes to a growable buffer, keeping a NUL after them.
- * false when the buffer would pass max or memory is refused. */
-static bool buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n, size_t max)
+ * PERCH_ETOOBIG when the buffer would pass max, PERCH_ENOMEM. */
+static perch_err buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n,
+                            size_t max)
 {
 	if (*len + n + 1 > max)
-		return false;
+		return PERCH_ETOOBIG;
 	if (*len + n + 1 > *cap) {
 		size_t ncap = *cap ? *cap : 1024;
 		while (ncap < *len + n + 1)
 			ncap *= 2;
 		char *p = perch_realloc(*buf, ncap);
 		if (p == NULL)
-			return false;
+			return PERCH_ENOMEM;
 		*buf = p;
 		*cap = ncap;
 	}
 	memcpy(*buf + *len, data, n);
 	*len += n;
 	(*buf)[*len] = '\0';
-	return true;
+	return PERCH_OK;
 }
 
-static size_t easy_write(char *ptr, size_t sz, size_t nm, void *ud)
+/* gather is the blocking calls' body sink: the answer into d->resp. */
+static perch_err gather(void *ud, const char *data, size_t n)
 {
 	agent_docker *d = ud;
-	size_t n = sz * nm;
-	return buf_append(&d->resp, &d->resp_len, &d->resp_cap, ptr, n, AGENT_DOCKER_BODY_MAX) ? n
-	                                                                                       : 0;
+	return buf_append(&d->resp, &d->resp_len, &d->resp_cap, data, n, AGENT_DOCKER_BODY_MAX);
 }
 
-/* set_common sets what every request has: the socket, the URL below the API
- * version, the method, the body, the timeouts. */
-static CURLcode set_common(const agent_docker *d, CURL *e, const char *method, const char *path,
-                           const char *body, long timeout_ms)
+/* make_request writes method API+path with the JSON text body (may be NULL)
+ * and one extra header line hdr (may be NULL). */
+static perch_err make_request(const char *method, const char *path, const char *body,
+                              const char *hdr, char **req, size_t *len)
 {
-	char url[2048];
-	int n = snprintf(url, sizeof url, "http://docker%s%s", AGENT_DOCKER_API, path);
-	if (n < 0 || (size_t)n >= sizeof url)
-		return CURLE_URL_MALFORMAT;
-	CURLcode rc = CURLE_OK;
-	rc |= curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, d->path);
-	rc |= curl_easy_setopt(e, CURLOPT_URL, url);
-	rc |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	rc |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, d->connect_timeout_ms);
-	rc |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-	rc |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
-	if (strcmp(method, "POST") == 0) {
-		rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
-		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, body != NULL ? body : "");
-		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE,
-		                       (long)(body != NULL ? strlen(body) : 0));
-	} else if (strcmp(method, "GET") == 0) {
-		rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	} else {
-		rc |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-	}
-	return rc != CURLE_OK ? CURLE_BAD_FUNCTION_ARGUMENT : CURLE_OK;
+	char target[2048];
+	const char *hdrs[2];
+	size_t nh = 0;
+	int n = snprintf(target, sizeof target, "%s%s", AGENT_DOCKER_API, path);
+	if (n < 0 || (size_t)n >= sizeof target)
+		return PERCH_EINVAL;
+	if (body != NULL)
+		hdrs[nh++] = "Content-Type: application/json";
+	if (hdr != NULL)
+		hdrs[nh++] = hdr;
+	perch_err err = agent_http_request(method, target, HOST, hdrs, nh, body,
+	                                   body != NULL ? strlen(body) : 0, req, len);
+	return err == PERCH_ETOOBIG ? PERCH_EINVAL : err;
 }
 
 /* call runs one blocking request; the answer is in d->resp (d->resp_len),
@@ -117,9 +119,9 @@ static CURLcode set_common(const agent_docker *d, CURL *e, const char *method, c
 static perch_err call(agent_docker *d, const char *method, const char *path, const json_t *body,
                       long timeout_ms, long *http)
 {
-	perch_err err = PERCH_OK;
-	char *js = NULL;
-	struct curl_slist *hdrs = NULL;
+	perch_err err;
+	char *js = NULL, *req = NULL;
+	size_t req_len = 0;
 	*http = 0;
 	d->errmsg[0] = '\0';
 	d->resp_len = 0;
@@ -129,35 +131,24 @@ static perch_err call(agent_docker *d, const char *method, const char *path, con
 		js = json_dumps(body, JSON_COMPACT);
 		if (js == NULL)
 			return PERCH_ENOMEM;
-		hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-		if (hdrs == NULL) {
-			err = PERCH_ENOMEM;
-			goto free_js;
-		}
 	}
-	CURL *e = d->easy;
-	curl_easy_reset(e);
-	CURLcode rc =
-	        set_common(d, e, method, path, js, timeout_ms ? timeout_ms : d->call_timeout_ms);
-	rc |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, easy_write);
-	rc |= curl_easy_setopt(e, CURLOPT_WRITEDATA, d);
-	if (hdrs != NULL)
-		rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-	if (rc != CURLE_OK) {
-		snprintf(d->errmsg, sizeof d->errmsg, "bad request %s %s", method, path);
-		err = PERCH_EINVAL;
-		goto free_hdrs;
+	err = make_request(method, path, js, NULL, &req, &req_len);
+	if (err != PERCH_OK) {
+		snprintf(d->errmsg, sizeof d->errmsg, "bad request %s %.200s", method, path);
+		goto free_js;
 	}
-	rc = curl_easy_perform(e);
-	if (rc != CURLE_OK) {
-		err = agent_docker_transport_err(d, rc, d->errmsg, sizeof d->errmsg);
+	agent_http_sink sink = {.body = gather, .ud = d};
+	long long deadline = agent_http_now_ms() + (timeout_ms ? timeout_ms : d->call_timeout_ms);
+	err = agent_http_call(&d->call, d->path, &d->fd, req, req_len, &sink, d->connect_timeout_ms,
+	                      deadline);
+	if (err != PERCH_OK) {
+		err = agent_docker_transport_err(d, &d->call, d->errmsg, sizeof d->errmsg);
 		PERCH_DEBUG(AGENT_DOCKER_LOG, "%s %s: %s", method, path, d->errmsg);
-		goto free_hdrs;
+		goto free_req;
 	}
-	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, http);
-free_hdrs:
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-	curl_slist_free_all(hdrs);
+	*http = d->call.parser.status;
+free_req:
+	agent_http_request_free(req, req_len);
 free_js:
 	agent_docker_json_text_free(js);
 	return err;
@@ -216,22 +207,13 @@ static perch_err ref_path(agent_docker *d, char *out, size_t cap, const char *pr
 
 /* ---- open / close ---------------------------------------------------------------- */
 
-static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp);
-static int timer_cb(CURLM *m, long timeout_ms, void *userp);
-
 perch_err agent_docker_open(const agent_docker_opts *opts, agent_docker **out)
 {
-	static bool curl_ready;
 	const char *path = opts != NULL && opts->socket_path != NULL ? opts->socket_path
 	                                                             : AGENT_DOCKER_DEFAULT_SOCK;
 	*out = NULL;
 	if (strlen(path) >= sizeof((agent_docker *)0)->path || *path == '\0')
 		return PERCH_EINVAL;
-	if (!curl_ready) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			return PERCH_EIO;
-		curl_ready = true;
-	}
 	agent_docker *d = perch_calloc(1, sizeof *d);
 	if (d == NULL)
 		return PERCH_ENOMEM;
@@ -240,22 +222,8 @@ perch_err agent_docker_open(const agent_docker_opts *opts, agent_docker **out)
 	        opts != NULL && opts->call_timeout_ms > 0 ? opts->call_timeout_ms : 30000;
 	d->connect_timeout_ms =
 	        opts != NULL && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 3000;
-	d->curl_deadline = -1;
+	d->fd = -1;
 	d->ev_retry_at = -1;
-	d->easy = curl_easy_init();
-	d->multi = curl_multi_init();
-	if (d->easy == NULL || d->multi == NULL) {
-		agent_docker_close(d);
-		return PERCH_EIO;
-	}
-	CURLMcode mc = curl_multi_setopt(d->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-	mc |= curl_multi_setopt(d->multi, CURLMOPT_SOCKETDATA, d);
-	mc |= curl_multi_setopt(d->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-	mc |= curl_multi_setopt(d->multi, CURLMOPT_TIMERDATA, d);
-	if (mc != CURLM_OK) {
-		agent_docker_close(d);
-		return PERCH_EIO;
-	}
 	*out = d;
 	return PERCH_OK;
 }
@@ -268,14 +236,10 @@ void agent_docker_close(agent_docker *d)
 	while (d->ops != NULL) {
 		agent_docker_op *op = d->ops;
 		d->ops = op->next;
-		curl_multi_remove_handle(d->multi, op->easy);
 		agent_docker_op_free(op);
 	}
-	if (d->multi != NULL)
-		curl_multi_cleanup(d->multi);
-	if (d->easy != NULL)
-		curl_easy_cleanup(d->easy);
-	perch_free(d->socks);
+	if (d->fd >= 0)
+		close(d->fd);
 	perch_free(d->resp);
 	perch_free(d);
 }
@@ -494,59 +458,30 @@ perch_err agent_docker_image_remove(agent_docker *d, const char *ref, bool force
 	return err != PERCH_OK ? err : call_json(d, "DELETE", path, NULL, PERCH_EBUSY, 0, NULL);
 }
 
-/* ---- the multi handle: sockets and timers ------------------------------------------ */
-
-static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
-{
-	(void)e;
-	(void)socketp;
-	agent_docker *d = userp;
-	size_t i = 0;
-	while (i < d->nsocks && d->socks[i].fd != s)
-		i++;
-	if (what == CURL_POLL_REMOVE) {
-		if (i < d->nsocks)
-			d->socks[i] = d->socks[--d->nsocks];
-		return 0;
-	}
-	if (i == d->nsocks) {
-		agent_docker_sock *p =
-		        perch_grow(d->socks, d->nsocks, &d->capsocks, sizeof *d->socks, 8);
-		if (p == NULL)
-			return -1; /* libcurl fails the transfer */
-		d->socks = p;
-		d->nsocks++;
-	}
-	d->socks[i] = (agent_docker_sock){.fd = s, .what = what};
-	return 0;
-}
-
-static int timer_cb(CURLM *m, long timeout_ms, void *userp)
-{
-	(void)m;
-	agent_docker *d = userp;
-	d->curl_deadline = timeout_ms < 0 ? -1 : agent_docker_now_ms() + timeout_ms;
-	return 0;
-}
+/* ---- async calls: what the loop polls, and service ------------------------------- */
 
 size_t agent_docker_pollfds(agent_docker *d, struct pollfd *fds, size_t cap)
 {
-	for (size_t i = 0; i < d->nsocks && i < cap; i++) {
-		short ev = 0;
-		if (d->socks[i].what & CURL_POLL_IN)
-			ev |= POLLIN;
-		if (d->socks[i].what & CURL_POLL_OUT)
-			ev |= POLLOUT;
-		fds[i] = (struct pollfd){.fd = d->socks[i].fd, .events = ev};
+	size_t n = 0;
+	for (const agent_docker_op *op = d->ops; op != NULL; op = op->next) {
+		struct pollfd p;
+		if (op->cancelled || !agent_http_xfer_pollfd(&op->x, &p))
+			continue;
+		if (n < cap)
+			fds[n] = p;
+		n++;
 	}
-	return d->nsocks;
+	return n;
 }
 
 int agent_docker_timeout_ms(agent_docker *d)
 {
-	long long next = d->curl_deadline;
-	if (d->ev_retry_at >= 0 && (next < 0 || d->ev_retry_at < next))
-		next = d->ev_retry_at;
+	long long next = d->ev_retry_at;
+	for (const agent_docker_op *op = d->ops; op != NULL; op = op->next) {
+		long long t = op->cancelled ? -1 : agent_http_xfer_deadline(&op->x);
+		if (t >= 0 && (next < 0 || t < next))
+			next = t;
+	}
 	if (next < 0)
 		return -1;
 	long long left = next - agent_docker_now_ms();
@@ -561,27 +496,24 @@ static bool unlink_op(agent_docker *d, agent_docker_op *op)
 	for (agent_docker_op **pp = &d->ops; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == op) {
 			*pp = op->next;
-			d->nops--;
 			return true;
 		}
 	}
 	return false;
 }
 
-/* finish_op ends an async request that libcurl completed with rc. */
-static void finish_op(agent_docker *d, agent_docker_op *op, CURLcode rc)
+/* finish_op ends an async request whose exchange is DONE: the verdict goes
+ * to its callback. op stays on the list, marked, and is reaped after the
+ * service (a callback may still hold it: a cancel of it is then a no-op). */
+static void finish_op(agent_docker *d, agent_docker_op *op)
 {
-	curl_multi_remove_handle(d->multi, op->easy);
-	unlink_op(d, op);
-	if (op->cancelled) {
-		agent_docker_op_free(op);
-		return;
-	}
-	op->cancelled = true; /* a cancel from its own done callback is a no-op */
+	op->cancelled = true;
+	d->nops--;
 	char msg[AGENT_DOCKER_MSG_MAX];
-	perch_err err = agent_docker_transport_err(d, rc, msg, sizeof msg);
-	if (rc == CURLE_OK) {
-		curl_easy_getinfo(op->easy, CURLINFO_RESPONSE_CODE, &op->http);
+	perch_err err = agent_docker_transport_err(d, &op->x, msg, sizeof msg);
+	bool answered = op->x.err == PERCH_OK;
+	if (answered) {
+		op->http = op->x.parser.status;
 		err = agent_docker_err_from_http(op->http, PERCH_EBUSY);
 		if (err != PERCH_OK) {
 			agent_docker_message(op->resp, op->resp_len, msg, sizeof msg);
@@ -598,15 +530,12 @@ static void finish_op(agent_docker *d, agent_docker_op *op, CURLcode rc)
 		json_decref(o);
 		break;
 	}
-	case AGENT_DOCKER_OP_PULL:
-		agent_docker_pull_end(op, rc == CURLE_OK ? PERCH_OK : err, msg);
-		break;
+	case AGENT_DOCKER_OP_PULL: agent_docker_pull_end(op, answered ? PERCH_OK : err, msg); break;
 	case AGENT_DOCKER_OP_EVENTS: agent_docker_events_end(op, err, msg); break;
 	}
-	agent_docker_op_free(op);
 }
 
-/* reap frees the requests cancelled from callbacks. */
+/* reap frees the requests that ended or were cancelled inside service. */
 static void reap(agent_docker *d)
 {
 	agent_docker_op **pp = &d->ops;
@@ -617,46 +546,33 @@ static void reap(agent_docker *d)
 			continue;
 		}
 		*pp = op->next;
-		d->nops--;
-		curl_multi_remove_handle(d->multi, op->easy);
 		agent_docker_op_free(op);
 	}
 }
 
 void agent_docker_service(agent_docker *d, const struct pollfd *fds, size_t n)
 {
-	int running = 0;
 	d->in_service++;
-	for (size_t i = 0; i < n; i++) {
-		if (fds[i].revents == 0)
-			continue;
-		bool ours = false;
-		for (size_t k = 0; k < d->nsocks && !ours; k++)
-			ours = d->socks[k].fd == fds[i].fd;
-		if (!ours)
-			continue;
-		int mask = 0;
-		if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
-			mask |= CURL_CSELECT_IN;
-		if (fds[i].revents & POLLOUT)
-			mask |= CURL_CSELECT_OUT;
-		if (fds[i].revents & POLLERR)
-			mask |= CURL_CSELECT_ERR;
-		curl_multi_socket_action(d->multi, fds[i].fd, mask, &running);
+	/* What poll said, noted on each op before any callback runs: a callback
+	 * may end an op, and a new one may get its descriptor's number. */
+	for (agent_docker_op *op = d->ops; op != NULL; op = op->next) {
+		op->revents = 0;
+		for (size_t i = 0; i < n && op->x.fd >= 0; i++)
+			if (fds[i].fd == op->x.fd)
+				op->revents = (short)(op->revents | fds[i].revents);
 	}
-	if (d->curl_deadline >= 0 && agent_docker_now_ms() >= d->curl_deadline) {
-		d->curl_deadline = -1;
-		curl_multi_socket_action(d->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-	}
-	CURLMsg *m;
-	int left;
-	while ((m = curl_multi_info_read(d->multi, &left)) != NULL) {
-		if (m->msg != CURLMSG_DONE)
+	/* Ops started by callbacks go to the head of the list, before op: they
+	 * wait for the next service. A cancelled next stays on the list until
+	 * reap, so next is always valid. */
+	agent_docker_op *next;
+	for (agent_docker_op *op = d->ops; op != NULL; op = next) {
+		next = op->next;
+		if (op->cancelled)
 			continue;
-		agent_docker_op *op = NULL;
-		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&op);
-		if (op != NULL)
-			finish_op(d, op, m->data.result);
+		short rev = op->revents;
+		op->revents = 0;
+		if (agent_http_xfer_step(&op->x, rev) && !op->cancelled)
+			finish_op(d, op);
 	}
 	agent_docker_events_tick(d);
 	if (--d->in_service == 0)
@@ -672,8 +588,12 @@ perch_err agent_docker_run(agent_docker *d, int timeout_ms)
 	int t = agent_docker_timeout_ms(d);
 	if (t < 0 || (timeout_ms >= 0 && timeout_ms < t))
 		t = timeout_ms;
-	if (poll(fds, (nfds_t)n, t) < 0 && errno != EINTR)
+	int r = poll(fds, (nfds_t)n, t);
+	if (r < 0 && errno != EINTR)
 		return PERCH_EIO;
+	if (r <= 0)
+		for (size_t i = 0; i < n; i++)
+			fds[i].revents = 0;
 	agent_docker_service(d, fds, n);
 	return PERCH_OK;
 }
@@ -688,108 +608,84 @@ void agent_docker_cancel(agent_docker *d, agent_docker_op *op)
 	bool found = false;
 	for (agent_docker_op *p = d->ops; p != NULL && !found; p = p->next)
 		found = p == op;
-	if (!found)
-		return; /* finished, or already cancelled and reaped */
+	if (!found || op->cancelled)
+		return; /* finished, or already cancelled */
 	if (op == d->ev_op)
 		d->ev_op = NULL;
+	d->nops--;
 	if (d->in_service > 0) {
-		op->cancelled = true; /* libcurl may be inside op: reap it later */
+		op->cancelled = true; /* service may be inside op: reap it later */
 		return;
 	}
 	unlink_op(d, op);
-	curl_multi_remove_handle(d->multi, op->easy);
 	agent_docker_op_free(op);
 }
 
 /* ---- async requests ------------------------------------------------------------------ */
 
-static size_t op_write(char *ptr, size_t sz, size_t nm, void *ud)
+static perch_err op_head(void *ud, const agent_http_parser *p)
 {
 	agent_docker_op *op = ud;
-	size_t n = sz * nm;
 	if (op->cancelled)
-		return n;
-	if (op->http == 0)
-		curl_easy_getinfo(op->easy, CURLINFO_RESPONSE_CODE, &op->http);
-	if (op->kind == AGENT_DOCKER_OP_CALL || op->http != 200)
-		return buf_append(&op->resp, &op->resp_len, &op->resp_cap, ptr, n,
-		                  AGENT_DOCKER_BODY_MAX)
-		               ? n
-		               : 0;
-	if (op->kind == AGENT_DOCKER_OP_PULL)
-		return agent_docker_pull_write(op, ptr, n);
-	return agent_docker_events_write(op, ptr, n);
-}
-
-static size_t op_header(char *ptr, size_t sz, size_t nm, void *ud)
-{
-	agent_docker_op *op = ud;
-	size_t n = sz * nm;
-	if (op->cancelled || n > 2 || (n == 2 && ptr[0] != '\r') || (n == 1 && ptr[0] != '\n'))
-		return n;
-	/* The blank line: the headers are complete. */
-	curl_easy_getinfo(op->easy, CURLINFO_RESPONSE_CODE, &op->http);
+		return PERCH_ECLOSED;
+	op->http = p->status;
 	if (op->kind == AGENT_DOCKER_OP_EVENTS && op->http == 200)
 		agent_docker_events_headers(op);
-	return n;
+	return PERCH_OK;
+}
+
+static perch_err op_body(void *ud, const char *data, size_t n)
+{
+	agent_docker_op *op = ud;
+	if (op->cancelled)
+		return PERCH_ECLOSED; /* cancelled from a callback: stop reading */
+	if (op->kind == AGENT_DOCKER_OP_CALL || op->http != 200)
+		return buf_append(&op->resp, &op->resp_len, &op->resp_cap, data, n,
+		                  AGENT_DOCKER_BODY_MAX);
+	if (op->kind == AGENT_DOCKER_OP_PULL)
+		return agent_docker_pull_write(op, data, n);
+	return agent_docker_events_write(op, data, n);
 }
 
 perch_err agent_docker_op_new(agent_docker *d, agent_docker_op_kind kind, const char *method,
-                              const char *path, const json_t *body, long timeout_ms,
-                              agent_docker_op **out)
+                              const char *path, const json_t *body, const char *hdr,
+                              long timeout_ms, agent_docker_op **out)
 {
+	perch_err err = PERCH_ENOMEM;
+	char *js = NULL;
 	*out = NULL;
 	agent_docker_op *op = perch_calloc(1, sizeof *op);
 	if (op == NULL)
 		return PERCH_ENOMEM;
 	op->d = d;
 	op->kind = kind;
-	op->easy = curl_easy_init();
-	if (op->easy == NULL)
-		goto nomem;
+	op->x.fd = -1;
+	op->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 	if (body != NULL) {
-		char *js = json_dumps(body, JSON_COMPACT);
+		js = json_dumps(body, JSON_COMPACT);
 		if (js == NULL)
-			goto nomem;
-		op->req_body = perch_strdup(js);
-		agent_docker_json_text_free(js);
-		if (op->req_body == NULL)
-			goto nomem;
-		op->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-		if (op->hdrs == NULL)
-			goto nomem;
+			goto fail;
 	}
-	CURLcode rc = set_common(d, op->easy, method, path, op->req_body, timeout_ms);
-	rc |= curl_easy_setopt(op->easy, CURLOPT_WRITEFUNCTION, op_write);
-	rc |= curl_easy_setopt(op->easy, CURLOPT_WRITEDATA, op);
-	rc |= curl_easy_setopt(op->easy, CURLOPT_HEADERFUNCTION, op_header);
-	rc |= curl_easy_setopt(op->easy, CURLOPT_HEADERDATA, op);
-	rc |= curl_easy_setopt(op->easy, CURLOPT_PRIVATE, op);
-	if (rc != CURLE_OK) {
-		agent_docker_op_free(op);
-		return PERCH_EINVAL;
-	}
+	err = make_request(method, path, js, hdr, &op->req, &op->req_len);
+	agent_docker_json_text_free(js);
+	if (err != PERCH_OK)
+		goto fail;
 	*out = op;
 	return PERCH_OK;
-nomem:
+fail:
 	agent_docker_op_free(op);
-	return PERCH_ENOMEM;
+	return err;
 }
 
 perch_err agent_docker_op_add(agent_docker *d, agent_docker_op *op)
 {
-	if (op->hdrs != NULL &&
-	    curl_easy_setopt(op->easy, CURLOPT_HTTPHEADER, op->hdrs) != CURLE_OK) {
-		agent_docker_op_free(op);
-		return PERCH_EIO;
-	}
-	if (curl_multi_add_handle(d->multi, op->easy) != CURLM_OK) {
-		agent_docker_op_free(op);
-		return PERCH_EIO;
-	}
+	long long deadline = op->timeout_ms > 0 ? agent_http_now_ms() + op->timeout_ms : -1;
+	agent_http_sink sink = {.head = op_head, .body = op_body, .ud = op};
 	op->next = d->ops;
 	d->ops = op;
 	d->nops++;
+	agent_http_xfer_begin(&op->x, d->path, -1, op->req, op->req_len, &sink,
+	                      d->connect_timeout_ms, deadline);
 	return PERCH_OK;
 }
 
@@ -797,17 +693,8 @@ void agent_docker_op_free(agent_docker_op *op)
 {
 	if (op == NULL)
 		return;
-	if (op->easy != NULL)
-		curl_easy_cleanup(op->easy);
-	/* Header copies may hold X-Registry-Auth: wipe them before freeing. */
-	for (struct curl_slist *h = op->hdrs; h != NULL; h = h->next)
-		memset(h->data, 0, strlen(h->data));
-	curl_slist_free_all(op->hdrs);
-	if (op->auth != NULL) {
-		memset(op->auth, 0, strlen(op->auth));
-		perch_free(op->auth);
-	}
-	perch_free(op->req_body);
+	(void)agent_http_xfer_end(&op->x); /* an async op never keeps its connection */
+	agent_http_request_free(op->req, op->req_len);
 	perch_free(op->resp);
 	agent_docker_jsplit_fini(&op->js);
 	perch_free(op);
@@ -822,7 +709,7 @@ perch_err agent_docker_call_async(agent_docker *d, const char *method, const cha
 		*opp = NULL;
 	if (done == NULL || path == NULL || *path != '/')
 		return PERCH_EINVAL;
-	perch_err err = agent_docker_op_new(d, AGENT_DOCKER_OP_CALL, method, path, body,
+	perch_err err = agent_docker_op_new(d, AGENT_DOCKER_OP_CALL, method, path, body, NULL,
 	                                    timeout_ms ? timeout_ms : d->call_timeout_ms, &op);
 	if (err != PERCH_OK)
 		return err;

@@ -1,10 +1,10 @@
 /*
  * docker.h — perch-agent's client of the Docker Engine API.
  *
- * HTTP/1.1 over the engine's unix socket (libcurl, CURLOPT_UNIX_SOCKET_PATH),
- * API version pinned to v1.41 (Docker 20.10), a timeout on every call. Engine
- * and transport errors are translated once, here, into perch_err; the
- * engine's own message is kept for the caller (agent_docker_errmsg) and for
+ * HTTP/1.1 over the engine's unix socket (the agent's own small client,
+ * http.h), API version pinned to v1.41 (Docker 20.10), a timeout on every
+ * call. Engine and transport errors are translated once, here, into
+ * perch_err; the engine's own message is kept for the caller (agent_docker_errmsg) and for
  * the callbacks, so that a status report can say why.
  *
  * Threading and asynchrony — the contract:
@@ -13,15 +13,15 @@
  *   here may be called from another thread. Nothing here starts a thread.
  *
  *   Short calls (ping, version, list, inspect, create, start, kill, remove,
- *   network, image inspect) are BLOCKING: they run one request on a private
- *   connection and return when it is answered or its timeout (opts
+ *   network, image inspect) are BLOCKING: they run one request on a private,
+ *   kept-alive connection and return when it is answered or its timeout (opts
  *   call_timeout_ms) expires. They take milliseconds on a healthy engine.
  *   agent_docker_stop blocks up to its grace period: use
  *   agent_docker_call_async for a stop when the loop must not wait.
  *
- *   Long calls are ASYNCHRONOUS and run on a libcurl multi handle that the
- *   loop drives: image pulls (agent_docker_pull_start), the /events stream
- *   (agent_docker_events_start) and any request sent with
+ *   Long calls are ASYNCHRONOUS, each on a non-blocking connection of its
+ *   own that the loop drives: image pulls (agent_docker_pull_start), the
+ *   /events stream (agent_docker_events_start) and any request sent with
  *   agent_docker_call_async. Each loop iteration:
  *
  *       n = agent_docker_pollfds(d, fds, cap);  // sockets and events wanted
@@ -71,7 +71,7 @@ typedef struct agent_docker_opts {
  * agent_docker_open makes a client for the engine at opts->socket_path (opts
  * may be NULL for the defaults). It does not connect: a missing engine shows
  * in the first call. *out is the caller's, freed with agent_docker_close.
- * Errors: PERCH_EINVAL (path too long), PERCH_ENOMEM, PERCH_EIO (libcurl).
+ * Errors: PERCH_EINVAL (path empty or too long), PERCH_ENOMEM.
  */
 PERCH_MUST_USE perch_err agent_docker_open(const agent_docker_opts *opts, agent_docker **out);
 
@@ -89,10 +89,12 @@ const char *agent_docker_socket(const agent_docker *d);
 
 /* ---- short, blocking calls ------------------------------------------------
  * Common errors of every call below: PERCH_ECLOSED when the engine does not
- * answer at its socket ("Docker daemon not answering at PATH"), PERCH_ETIMEDOUT
- * when the call's timeout expires, PERCH_ENOENT for 404, PERCH_EIO for 5xx
- * and unexpected answers, PERCH_EPROTO for a malformed answer, PERCH_EINVAL
- * for an id or name that is not a Docker id or name, PERCH_ENOMEM.
+ * answer at its socket ("Docker daemon not answering at PATH") or closes the
+ * connection before its answer is whole, PERCH_EPERM when the socket refuses
+ * us (no permission), PERCH_ETIMEDOUT when the call's timeout expires,
+ * PERCH_ENOENT for 404, PERCH_EIO for 5xx and unexpected answers,
+ * PERCH_EPROTO for a malformed or too large answer, PERCH_EINVAL for an id
+ * or name that is not a Docker id or name, PERCH_ENOMEM.
  */
 
 /* agent_docker_ping: GET /_ping. */

@@ -23,8 +23,8 @@ static const char events_path[] = "/events?filters=%7B%22type%22%3A%5B%22contain
 static perch_err events_open(agent_docker *d)
 {
 	agent_docker_op *op;
-	perch_err err =
-	        agent_docker_op_new(d, AGENT_DOCKER_OP_EVENTS, "GET", events_path, NULL, 0, &op);
+	perch_err err = agent_docker_op_new(d, AGENT_DOCKER_OP_EVENTS, "GET", events_path, NULL,
+	                                    NULL, 0, &op);
 	if (err != PERCH_OK)
 		return err;
 	op->js.max = AGENT_DOCKER_OBJ_MAX;
@@ -115,14 +115,14 @@ static perch_err on_object(void *ud, json_t *obj)
 	return PERCH_OK;
 }
 
-size_t agent_docker_events_write(agent_docker_op *op, const char *data, size_t n)
+perch_err agent_docker_events_write(agent_docker_op *op, const char *data, size_t n)
 {
 	perch_err err = agent_docker_jsplit_feed(&op->js, data, n, on_object, op);
 	if (err == PERCH_EPROTO || err == PERCH_ETOOBIG) {
 		PERCH_WARN(AGENT_DOCKER_LOG, "events: skipped an object (%s)", perch_strerror(err));
 		err = PERCH_OK;
 	}
-	return err == PERCH_OK ? n : 0;
+	return err;
 }
 
 void agent_docker_events_end(agent_docker_op *op, perch_err err, const char *msg)

@@ -3,15 +3,14 @@
  * docker_pull.c, docker_events.c and docker_wire.c, and reached by
  * docker_test.c: the client and async-call structs, and the pure functions
  * (URL encoding, X-Registry-Auth, HTTP status translation, the JSON stream
- * splitter, parsers of pull progress and of events). Nothing outside the
- * Docker client includes this.
+ * splitter, parsers of pull progress and of events). The HTTP itself is
+ * http.h's. Nothing outside the Docker client includes this.
  */
 #ifndef AGENT_DOCKER_INT_H
 #define AGENT_DOCKER_INT_H
 
-#include <curl/curl.h>
-
 #include "docker.h"
+#include "http.h"
 
 #define AGENT_DOCKER_LOG "agent.docker"
 
@@ -110,15 +109,16 @@ typedef enum agent_docker_op_kind {
 struct agent_docker_op {
 	agent_docker *d;
 	agent_docker_op_kind kind;
-	CURL *easy;
-	struct curl_slist *hdrs;
-	char *req_body; /* the request body we own, or NULL */
-	char *auth;     /* X-Registry-Auth value (wiped before free), or NULL */
-	char *resp;     /* CALL: the answer gathered; others: an error body */
+	agent_http_xfer x; /* the exchange, on a connection of its own */
+	char *req;         /* the request bytes (may hold X-Registry-Auth: wiped on free) */
+	size_t req_len;
+	long timeout_ms; /* the whole request; 0: none */
+	char *resp;      /* CALL: the answer gathered; others: an error body */
 	size_t resp_len, resp_cap;
 	agent_docker_jsplit js; /* PULL and EVENTS: the 200 stream */
 	long http;              /* status once the headers are in; 0 before */
-	bool cancelled;         /* cancelled from a callback: reaped after service */
+	short revents;          /* what poll said of x's socket, for this service */
+	bool cancelled;         /* cancelled (or ended) inside service: reaped after it */
 	perch_err stream_err;   /* PULL: an error reported in the stream */
 	char msg[AGENT_DOCKER_MSG_MAX];
 	agent_docker_done_fn done;
@@ -128,25 +128,17 @@ struct agent_docker_op {
 	agent_docker_op *next; /* d->ops list */
 };
 
-typedef struct agent_docker_sock {
-	curl_socket_t fd;
-	int what; /* CURL_POLL_IN / OUT / INOUT */
-} agent_docker_sock;
-
 struct agent_docker {
-	char path[108];          /* the socket path (sun_path size) */
-	long call_timeout_ms;    /* short calls */
-	long connect_timeout_ms; /* every connect */
-	CURL *easy;              /* the blocking calls' handle (keeps its connection) */
-	char *resp;              /* the last blocking answer */
+	char path[AGENT_HTTP_PATH_MAX]; /* the socket path (sun_path size) */
+	long call_timeout_ms;           /* short calls */
+	long connect_timeout_ms;        /* every connect */
+	int fd;                         /* the blocking calls' kept-alive connection; -1 none */
+	agent_http_xfer call;           /* the blocking calls' exchange */
+	char *resp;                     /* the last blocking answer */
 	size_t resp_len, resp_cap;
-	CURLM *multi;             /* the async calls */
-	agent_docker_sock *socks; /* sockets libcurl wants watched */
-	size_t nsocks, capsocks;
-	long long curl_deadline; /* monotonic ms when libcurl's timer expires; -1 none */
-	agent_docker_op *ops;    /* async calls in flight */
-	size_t nops;
-	int in_service; /* > 0 while callbacks may run */
+	agent_docker_op *ops; /* async calls in flight (and, inside service, ended ones) */
+	size_t nops;          /* of them, those not cancelled or ended */
+	int in_service;       /* > 0 while callbacks may run */
 	/* events stream */
 	bool ev_on;             /* the caller wants the stream */
 	bool ev_connected;      /* a 200 answer is streaming */
@@ -158,31 +150,42 @@ struct agent_docker {
 	char errmsg[AGENT_DOCKER_MSG_MAX];
 };
 
-/* Monotonic milliseconds. */
+/* Monotonic milliseconds (agent_http_now_ms). */
 long long agent_docker_now_ms(void);
 
 /* agent_docker_op_new makes an async request of kind for method path
- * (below the API version) with body (borrowed JSON, may be NULL) and
- * timeout_ms (0: none). It is not started: see agent_docker_op_add. */
+ * (below the API version) with body (borrowed JSON, may be NULL), one extra
+ * header line hdr ("Name: value", borrowed, may be NULL; it may be a secret:
+ * the request is wiped when freed) and timeout_ms (0: none). It is not
+ * started: see agent_docker_op_add. PERCH_EINVAL for a path that cannot go
+ * into a request line, PERCH_ENOMEM. */
 PERCH_MUST_USE perch_err agent_docker_op_new(agent_docker *d, agent_docker_op_kind kind,
                                              const char *method, const char *path,
-                                             const json_t *body, long timeout_ms,
+                                             const json_t *body, const char *hdr, long timeout_ms,
                                              agent_docker_op **out);
 
-/* agent_docker_op_add hands op to the multi handle; on failure op is freed. */
+/* agent_docker_op_add starts op on its own connection and adds it to d's
+ * list; whatever happens next (even a connect refused at once) reaches its
+ * callback from agent_docker_service. Never fails today; returns PERCH_OK. */
 PERCH_MUST_USE perch_err agent_docker_op_add(agent_docker *d, agent_docker_op *op);
 
-/* agent_docker_op_free frees op that was never added, or was removed. */
+/* agent_docker_op_free closes op's connection and frees it (wiping its
+ * request); for an op never added, or one taken off d's list. */
 void agent_docker_op_free(agent_docker_op *op);
 
-/* agent_docker_transport_err translates a libcurl result into a perch_err and
- * writes the reason to msg. */
-perch_err agent_docker_transport_err(const agent_docker *d, CURLcode rc, char *msg, size_t cap);
+/* agent_docker_transport_err translates the failure of exchange x (x->err
+ * not OK) into the client's perch_err, with the reason in msg: ECLOSED
+ * "Docker daemon not answering at PATH" when nothing listens, ECLOSED "...
+ * closed the connection (...)" when it hung up mid-way, ETIMEDOUT, EPERM,
+ * EPROTO for a malformed or too large answer, ENOMEM, EIO. */
+perch_err agent_docker_transport_err(const agent_docker *d, const agent_http_xfer *x, char *msg,
+                                     size_t cap);
 
-/* Hooks of docker_pull.c and docker_events.c, run by docker.c. */
-size_t agent_docker_pull_write(agent_docker_op *op, const char *data, size_t n);
+/* Hooks of docker_pull.c and docker_events.c, run by docker.c. The write
+ * hooks take body bytes of a 200 answer; an error stops the request. */
+PERCH_MUST_USE perch_err agent_docker_pull_write(agent_docker_op *op, const char *data, size_t n);
 void agent_docker_pull_end(agent_docker_op *op, perch_err err, const char *msg);
-size_t agent_docker_events_write(agent_docker_op *op, const char *data, size_t n);
+PERCH_MUST_USE perch_err agent_docker_events_write(agent_docker_op *op, const char *data, size_t n);
 void agent_docker_events_headers(agent_docker_op *op);
 void agent_docker_events_end(agent_docker_op *op, perch_err err, const char *msg);
 void agent_docker_events_tick(agent_docker *d); /* reconnect when due */

@@ -1,6 +1,7 @@
 /*
- * docker_pull.c — image pulls through POST /images/create, run on the multi
- * handle so that a slow registry never holds the loop: X-Registry-Auth from
+ * docker_pull.c — image pulls through POST /images/create, run as async
+ * requests on connections of their own, so that a slow registry never holds
+ * the loop: X-Registry-Auth from
  * the caller's credentials, the progress stream cut into objects and handed
  * to the progress callback, and one verdict at the end (the engine reports a
  * failure either as an HTTP error before the stream, or as an "error" object
@@ -20,6 +21,8 @@ static perch_err on_object(void *ud, json_t *obj)
 	agent_docker_op *op = ud;
 	agent_docker_progress p;
 	const char *error;
+	if (op->cancelled)
+		return PERCH_ECLOSED; /* cancelled from the progress callback: stop */
 	if (agent_docker_progress_parse(obj, &p, &error)) {
 		if (op->stream_err == PERCH_OK) {
 			op->stream_err = agent_docker_pull_classify(0, error);
@@ -32,14 +35,14 @@ static perch_err on_object(void *ud, json_t *obj)
 	return PERCH_OK;
 }
 
-size_t agent_docker_pull_write(agent_docker_op *op, const char *data, size_t n)
+perch_err agent_docker_pull_write(agent_docker_op *op, const char *data, size_t n)
 {
 	perch_err err = agent_docker_jsplit_feed(&op->js, data, n, on_object, op);
 	if (err == PERCH_EPROTO) {
 		PERCH_WARN(AGENT_DOCKER_LOG, "pull: skipped a malformed progress object");
 		err = PERCH_OK;
 	}
-	return err == PERCH_OK ? n : 0;
+	return err;
 }
 
 void agent_docker_pull_end(agent_docker_op *op, perch_err err, const char *msg)
@@ -71,36 +74,30 @@ perch_err agent_docker_pull_start(agent_docker *d, const char *image, const char
 	perch_err err = agent_docker_pull_query(image, tag, path, sizeof path);
 	if (err != PERCH_OK)
 		return err == PERCH_ETOOBIG ? PERCH_EINVAL : err;
-	err = agent_docker_op_new(d, AGENT_DOCKER_OP_PULL, "POST", path, NULL,
+	char *hdr = NULL;
+	size_t hdr_len = 0;
+	if (auth != NULL) {
+		char *value = NULL;
+		err = agent_docker_registry_auth(auth, &value);
+		if (err != PERCH_OK)
+			return err;
+		hdr_len = strlen("X-Registry-Auth: ") + strlen(value) + 1;
+		hdr = perch_malloc(hdr_len);
+		if (hdr != NULL)
+			snprintf(hdr, hdr_len, "X-Registry-Auth: %s", value);
+		agent_http_request_free(value, strlen(value)); /* wipes it */
+		if (hdr == NULL)
+			return PERCH_ENOMEM;
+	}
+	err = agent_docker_op_new(d, AGENT_DOCKER_OP_PULL, "POST", path, NULL, hdr,
 	                          timeout_ms > 0 ? timeout_ms : 0, &op);
+	agent_http_request_free(hdr, hdr_len); /* the request has its copy: wiped with it */
 	if (err != PERCH_OK)
 		return err;
 	op->pull_done = done;
 	op->progress = progress;
 	op->ud = ud;
-	if (auth != NULL) {
-		char *value = NULL;
-		err = agent_docker_registry_auth(auth, &value);
-		if (err != PERCH_OK)
-			goto fail;
-		size_t len = strlen("X-Registry-Auth: ") + strlen(value) + 1;
-		op->auth = perch_malloc(len);
-		if (op->auth != NULL)
-			snprintf(op->auth, len, "X-Registry-Auth: %s", value);
-		memset(value, 0, strlen(value));
-		perch_free(value);
-		if (op->auth == NULL) {
-			err = PERCH_ENOMEM;
-			goto fail;
-		}
-		struct curl_slist *h = curl_slist_append(op->hdrs, op->auth);
-		if (h == NULL) {
-			err = PERCH_ENOMEM;
-			goto fail;
-		}
-		op->hdrs = h;
-	}
-	err = agent_docker_op_add(d, op); /* frees op on failure */
+	err = agent_docker_op_add(d, op);
 	if (err != PERCH_OK)
 		return err;
 	PERCH_INFO(AGENT_DOCKER_LOG, "pulling %s%s%s%s", image, tag ? ":" : "", tag ? tag : "",
@@ -108,7 +105,4 @@ perch_err agent_docker_pull_start(agent_docker *d, const char *image, const char
 	if (opp != NULL)
 		*opp = op;
 	return PERCH_OK;
-fail:
-	agent_docker_op_free(op);
-	return err;
 }

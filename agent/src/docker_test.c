@@ -4,7 +4,10 @@
  * decoding back, HTTP status and pull message translation, the JSON stream
  * splitter fed the pull progress and /events streams cut at every byte
  * boundary, and the parsers of progress lines, events and container state.
- * Also the client's behaviour with no daemon (ECLOSED, no leak).
+ * Also the client's behaviour with no daemon (ECLOSED, no leak), and against
+ * a scripted fake engine (http_fake_test.h): the events stream up, broken
+ * and back, pulls (one cancelled from its own progress callback), an async
+ * call, and blocking calls on one kept connection.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #include "docker_int.h"
+#include "http_fake_test.h"
 #include "perch/alloc.h"
 
 static void test_urlenc(void **state)
@@ -620,6 +624,180 @@ static void test_no_daemon(void **state)
 	assert_int_equal(perch_alloc_blocks(), blocks);
 }
 
+/* ---- against a fake engine ------------------------------------------------------- */
+
+struct fake_run {
+	int counts[3];      /* events by kind */
+	int containers;     /* container events */
+	char disc_msg[256]; /* the DISCONNECTED message */
+	perch_err disc_err;
+	int progress;        /* progress lines of the current pull */
+	bool cancel_in_cb;   /* cancel the pull from its first progress line */
+	agent_docker_op *op; /* the pull */
+	agent_docker *d;
+	bool pulled;
+	perch_err pull_err;
+	bool called;
+	perch_err call_err;
+	long call_http;
+};
+
+static void fr_event(void *ud, const agent_docker_event *ev)
+{
+	struct fake_run *r = ud;
+	r->counts[ev->kind]++;
+	if (ev->kind == AGENT_DOCKER_EV_CONTAINER)
+		r->containers++;
+	if (ev->kind == AGENT_DOCKER_EV_DISCONNECTED) {
+		r->disc_err = ev->err;
+		snprintf(r->disc_msg, sizeof r->disc_msg, "%s", ev->msg);
+	}
+}
+
+static void fr_progress(void *ud, const agent_docker_progress *p)
+{
+	struct fake_run *r = ud;
+	(void)p;
+	r->progress++;
+	if (r->cancel_in_cb) {
+		agent_docker_cancel(r->d, r->op);
+		agent_docker_cancel(r->d, r->op); /* twice is harmless */
+	}
+}
+
+static void fr_pulled(void *ud, perch_err err, const char *msg)
+{
+	struct fake_run *r = ud;
+	(void)msg;
+	r->pulled = true;
+	r->pull_err = err;
+}
+
+static void fr_called(void *ud, perch_err err, long http, const json_t *resp, const char *msg)
+{
+	struct fake_run *r = ud;
+	r->called = true;
+	r->call_err = err;
+	r->call_http = http;
+	assert_null(resp);
+	assert_string_equal(msg, "");
+}
+
+static void test_fake_engine(void **state)
+{
+	(void)state;
+	static char ev_answer[4096], pull_answer[4096], pull_open[4096];
+	static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+	                           "Transfer-Encoding: chunked\r\n\r\n";
+	snprintf(ev_answer, sizeof ev_answer, "%s%zx\r\n%s\r\n", head, strlen(events_stream),
+	         events_stream);
+	snprintf(pull_answer, sizeof pull_answer, "%s%zx\r\n%s\r\n0\r\n\r\n", head,
+	         strlen(pull_stream), pull_stream);
+	snprintf(pull_open, sizeof pull_open, "%s%zx\r\n%s\r\n", head, strlen(pull_stream),
+	         pull_stream);
+	const fake_step steps[] = {
+	        {FAKE_ANSWER, ev_answer},
+	        {FAKE_ANSWER, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"},
+	        {FAKE_ANSWER, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+	                      "Content-Length: 38\r\n\r\n{\"message\":\"No such container: "
+	                      "nope\"}\n"},
+	        {FAKE_ANSWER, pull_answer},
+	        {FAKE_ANSWER, pull_open},
+	        {FAKE_ANSWER, "HTTP/1.1 204 No Content\r\n\r\n"},
+	        {FAKE_ANSWER, "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"},
+	        {FAKE_ANSWER, ev_answer},
+	};
+	fake *f = fake_start(steps, sizeof steps / sizeof steps[0]);
+	assert_non_null(f);
+	size_t blocks = perch_alloc_blocks();
+	agent_docker *d;
+	agent_docker_opts opts = {.socket_path = f->path};
+	assert_int_equal(agent_docker_open(&opts, &d), PERCH_OK);
+	struct fake_run r = {.d = d};
+
+	/* The events stream: CONNECTED, then the six container events. */
+	assert_int_equal(agent_docker_events_start(d, fr_event, &r), PERCH_OK);
+	for (int i = 0; i < 200 && r.containers < 6; i++)
+		assert_int_equal(agent_docker_run(d, 50), PERCH_OK);
+	assert_int_equal(r.counts[AGENT_DOCKER_EV_CONNECTED], 1);
+	assert_int_equal(r.containers, 6);
+	assert_true(agent_docker_events_connected(d));
+
+	/* Blocking calls, on one kept connection, while the stream is open. */
+	assert_int_equal(agent_docker_ping(d), PERCH_OK);
+	agent_docker_state st;
+	assert_int_equal(agent_docker_inspect(d, "nope", &st, NULL), PERCH_ENOENT);
+	assert_string_equal(agent_docker_errmsg(d), "No such container: nope");
+	char req[512];
+	fake_last_request(f, req, sizeof req);
+	assert_string_equal(req,
+	                    "GET /v1.41/containers/nope/json HTTP/1.1\r\nHost: docker\r\n\r\n");
+
+	/* A pull to its end. */
+	agent_docker_auth auth = {"perch", "secret", "127.0.0.1:5000"};
+	assert_int_equal(
+	        agent_docker_pull_start(d, "img", "1", &auth, 0, fr_progress, fr_pulled, &r, &r.op),
+	        PERCH_OK);
+	for (int i = 0; i < 200 && !r.pulled; i++)
+		assert_int_equal(agent_docker_run(d, 50), PERCH_OK);
+	assert_true(r.pulled);
+	assert_int_equal(r.pull_err, PERCH_OK);
+	assert_int_equal(r.progress, 8);
+	fake_last_request(f, req, sizeof req);
+	assert_non_null(strstr(req, "POST /v1.41/images/create?fromImage=img&tag=1 HTTP/1.1\r\n"));
+	assert_non_null(strstr(req, "\r\nX-Registry-Auth: "));
+	assert_non_null(strstr(req, "\r\nContent-Length: 0\r\n"));
+
+	/* A pull cancelled from its own progress callback: no more progress, no
+	 * done, nothing pending but the stream. */
+	r.pulled = false;
+	r.progress = 0;
+	r.cancel_in_cb = true;
+	assert_int_equal(
+	        agent_docker_pull_start(d, "img", "2", NULL, 0, fr_progress, fr_pulled, &r, &r.op),
+	        PERCH_OK);
+	assert_int_equal(agent_docker_pending(d), 2);
+	for (int i = 0; i < 200 && r.progress == 0; i++)
+		assert_int_equal(agent_docker_run(d, 50), PERCH_OK);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(agent_docker_run(d, 10), PERCH_OK);
+	assert_int_equal(r.progress, 1);
+	assert_false(r.pulled);
+	assert_int_equal(agent_docker_pending(d), 1);
+
+	/* An async call. */
+	assert_int_equal(agent_docker_call_async(d, "POST", "/containers/x/stop?t=1", NULL, 0,
+	                                         fr_called, &r, NULL),
+	                 PERCH_OK);
+	for (int i = 0; i < 200 && !r.called; i++)
+		assert_int_equal(agent_docker_run(d, 50), PERCH_OK);
+	assert_int_equal(r.call_err, PERCH_OK);
+	assert_int_equal(r.call_http, 204);
+
+	/* A malformed answer. */
+	assert_int_equal(agent_docker_ping(d), PERCH_EPROTO);
+	char want[256];
+	snprintf(want, sizeof want, "Docker daemon at %s: malformed answer: bad Content-Length",
+	         f->path);
+	assert_string_equal(agent_docker_errmsg(d), want);
+
+	/* The engine drops every connection: DISCONNECTED, then back. */
+	fake_kick(f);
+	for (int i = 0; i < 200 && r.counts[AGENT_DOCKER_EV_CONNECTED] < 2; i++)
+		assert_int_equal(agent_docker_run(d, 50), PERCH_OK);
+	assert_int_equal(r.counts[AGENT_DOCKER_EV_DISCONNECTED], 1);
+	assert_int_equal(r.disc_err, PERCH_ECLOSED);
+	snprintf(want, sizeof want,
+	         "Docker daemon at %s closed the connection (before the last chunk)", f->path);
+	assert_string_equal(r.disc_msg, want);
+	assert_int_equal(r.counts[AGENT_DOCKER_EV_CONNECTED], 2);
+	agent_docker_events_stop(d);
+	assert_int_equal(agent_docker_pending(d), 0);
+	agent_docker_close(d);
+	assert_int_equal(perch_alloc_blocks(), blocks);
+	fake_stop(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -636,6 +814,7 @@ int main(void)
 	        cmocka_unit_test(test_split_limits_and_garbage),
 	        cmocka_unit_test(test_state_parse),
 	        cmocka_unit_test(test_no_daemon),
+	        cmocka_unit_test(test_fake_engine),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
