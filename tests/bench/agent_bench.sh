@@ -50,6 +50,8 @@
 #   PERCH_BENCH_SPACING     seconds between two crashes (1.1; smoke 0.2)
 #   PERCH_BENCH_DEPLOY      modules of the deployment (10; smoke 2)
 #   PERCH_BENCH_DEFAULTS=0  skip the agent-default crash run (smoke: skipped)
+#   PERCH_BENCH_PARTS       what to run ("deploy crash"; the memory rows come
+#                           with both)
 #   PERCH_BENCH_BUILD       what the report says perch-agent was built from
 #                           (default: this tree's git commit, and the files of
 #                           common/ proto/ agent/ Makefile changed since)
@@ -296,7 +298,7 @@ deploy_agent() {
 		return
 	fi
 	ms=$(ms_since "$t0")
-	mapfile -t names < <(deploy_names "d$c")
+	mapfile -t names <<<"$(deploy_names "d$c")"
 	last=$(last_start_ms "$t0" "${names[@]}")
 	sleep "$IDLE"
 	rss=$(mem_kb "$APID" VmRSS) hwm=$(mem_kb "$APID" VmHWM)
@@ -312,7 +314,7 @@ deploy_docker() {
 	remove_containers
 	[ "$c" = pulled ] && remove_images
 	log "deployment of $D containers by docker run -d in a loop, images $c"
-	mapfile -t names < <(deploy_names "k$c")
+	mapfile -t names <<<"$(deploy_names "k$c")"
 	t0=$(now_ns)
 	for ((i = 1; i <= D; i++)); do
 		dk run -d --name "${names[i - 1]}" --label "perch.bench=$RUNID" --network "$NET" \
@@ -327,11 +329,14 @@ deploy_docker() {
 		'{who: $who, images: $c, modules: $n, ms: $ms, last_start_ms: $last}')")
 }
 
-deploy_agent pulled
-deploy_agent present
-deploy_docker present
-deploy_docker pulled
-remove_containers
+PARTS=" ${PERCH_BENCH_PARTS:-deploy crash} "
+if [[ $PARTS == *" deploy "* ]]; then
+	deploy_agent pulled
+	deploy_agent present
+	deploy_docker present
+	deploy_docker pulled
+	remove_containers
+fi
 
 # ---- crash to running ------------------------------------------------------------------------
 CRASH_JSON=()
@@ -340,14 +345,16 @@ MEM_JSON=()
 # crashable NAME LASTPID: running, not the process crashed last, up >= UPTIME s.
 crashable() {
 	local r p s up
-	read -r r p s < <(dk inspect -f '{{.State.Running}} {{.State.Pid}} {{.State.StartedAt}}' "$1" 2>/dev/null) || return 1
+	s=$(dk inspect -f '{{.State.Running}} {{.State.Pid}} {{.State.StartedAt}}' "$1" 2>/dev/null) || return 1
+	read -r r p s <<<"$s"
 	[ "$r" = true ] && [ "$p" != 0 ] && [ "$p" != "$2" ] || return 1
 	up=$(($(now_ns) - $(date -d "$s" +%s%N)))
 	awk -v u="$up" -v t="$UPTIME" 'BEGIN { exit !(u >= t * 1e9) }'
 }
 back_up() { # NAME LASTPID: running again as another process
 	local r p
-	read -r r p < <(dk inspect -f '{{.State.Running}} {{.State.Pid}}' "$1" 2>/dev/null) || return 1
+	r=$(dk inspect -f '{{.State.Running}} {{.State.Pid}}' "$1" 2>/dev/null) || return 1
+	read -r r p <<<"$r"
 	[ "$r" = true ] && [ "$p" != 0 ] && [ "$p" != "$2" ]
 }
 
@@ -373,7 +380,7 @@ crash_run() {
 		agent_start "crash-$side" "$TMP/crash-$side.json" "${sets[@]}"
 		wait_until 120 all_running "$N" || { note "crash run $side: $N modules not running within 120 s"; stop_pid "$APID"; return; }
 	fi
-	timeout $((K * N * 60 + UPTIME * K + 300)) docker events --filter "label=perch.bench=$RUNID" \
+	timeout $(((${UPTIME%.*} + 61) * K * N + 300)) docker events --filter "label=perch.bench=$RUNID" \
 		--filter type=container --filter event=die --filter event=start --format '{{json .}}' >"$ev" 2>/dev/null &
 	evpid=$!
 	PIDS+=("$evpid")
@@ -426,9 +433,11 @@ crash_run() {
 		   samples_ms: [$all[] | .ms]}' "$ev")")
 }
 
-crash_run docker ""
-crash_run agent "agent.restart.healthy=10s"
-[ "$DEFAULTS" = 1 ] && crash_run agent-default ""
+if [[ $PARTS == *" crash "* ]]; then
+	crash_run docker ""
+	crash_run agent "agent.restart.healthy=10s"
+	[ "$DEFAULTS" = 1 ] && crash_run agent-default ""
+fi
 
 # ---- results -----------------------------------------------------------------------------
 if [ -n "${PERCH_BENCH_BUILD:-}" ]; then
@@ -460,14 +469,16 @@ mb() { awk -v v="$1" 'BEGIN { if (v == "" || v == "null" || v <= 0) print "—";
 q() { jq -r "$1 // empty" "$R"; } # a field of the summary, empty if absent
 crash_field() { q "(.crash[] | select(.side == \"$1\") | .$2)"; }
 
-md=$OUT/agent.md
-{
-	echo "# perch-agent and Docker's restart policy, side by side"
-	echo
-	echo "Measured by \`make bench\` (tests/bench/agent_bench.sh) on $(date -u +%Y-%m-%d), $(nproc) cores,"
-	echo "$(uname -r); Docker Engine $DOCKER_VERSION; perch-agent built from $agent_build."
-	[ $SMOKE = 1 ] && echo && echo "**Smoke run** (--smoke): $N container a side, $K crashes, $D modules; not a measurement."
-	echo
+side_label() { # SIDE: "runtime | settings" cells
+	case $1 in
+	docker) echo "Docker \`--restart always\` | Docker's: 100 ms delay, doubled after a run < 10 s" ;;
+	agent) echo "perch-agent | \`agent.restart.healthy: 10s\`, others default" ;;
+	agent-default) echo "perch-agent | defaults (\`restart.healthy\` 60 s)" ;;
+	esac
+}
+
+md_crash() {
+	local side n med p99 r1 r2 t dmed d99 dfirst
 	echo "## Crash to running (die event to start event)"
 	echo
 	echo "$N container$([ "$N" = 1 ] || echo s) a side, each crashed $K times by \`kill -9\` of its main process from the host,"
@@ -481,13 +492,9 @@ md=$OUT/agent.md
 	for side in docker agent agent-default; do
 		[ -n "$(crash_field "$side" side)" ] || continue
 		n=$(crash_field "$side" all.n) med=$(crash_field "$side" all.median_ms) p99=$(crash_field "$side" all.p99_ms)
-		case $side in
-		docker) who="Docker \`--restart always\`" cfg="Docker's: 100 ms delay, doubled after a run < 10 s" r1="—" r2="—" t="—" ;;
-		agent) who="perch-agent" cfg="\`agent.restart.healthy: 10s\`, others default" ;;
-		agent-default) who="perch-agent" cfg="defaults (\`healthy\` 60 s)" ;;
-		esac
+		r1="—" r2="—" t="—"
 		[ "$side" != docker ] && r1=$(ratio "$med" "$dmed") r2=$(ratio "$p99" "$d99") t="< 1x"
-		echo "| $who | $cfg | ${n:-0} of $((N * K)) | $(fmt_ms "$med") | $(fmt_ms "$p99") | $r1 | $r2 | $t |"
+		echo "| $(side_label "$side") | ${n:-0} of $((N * K)) | $(fmt_ms "$med") | $(fmt_ms "$p99") | $r1 | $r2 | $t |"
 	done
 	echo
 	echo "## Crash to running, the first crash of each container"
@@ -499,16 +506,17 @@ md=$OUT/agent.md
 	dfirst=$(crash_field docker first.median_ms)
 	for side in docker agent agent-default; do
 		[ -n "$(crash_field "$side" side)" ] || continue
-		case $side in
-		docker) who="Docker \`--restart always\`" cfg="Docker's" ;;
-		agent) who="perch-agent" cfg="\`agent.restart.healthy: 10s\`" ;;
-		agent-default) who="perch-agent" cfg="defaults" ;;
-		esac
 		med=$(crash_field "$side" first.median_ms) r1="—"
 		[ "$side" != docker ] && r1=$(ratio "$med" "$dfirst")
-		echo "| $who | $cfg | $(crash_field "$side" first.n) | $(fmt_ms "$med") | $(fmt_ms "$(crash_field "$side" first.p99_ms)") | $r1 |"
+		echo "| $(side_label "$side") | $(crash_field "$side" first.n) | $(fmt_ms "$med") | $(fmt_ms "$(crash_field "$side" first.p99_ms)") | $r1 |"
 	done
 	echo
+}
+
+deploy_field() { q "(.deploy[] | select(.who == \"$1\" and .images == \"$2\") | .$3)"; } # WHO CASE FIELD
+
+md_deploy() {
+	local c a
 	echo "## Deployment from nothing"
 	echo
 	echo "$D modules, each its own image (one static ${IMG_KB} KB binary, FROM scratch) in the local registry."
@@ -520,23 +528,30 @@ md=$OUT/agent.md
 	echo "| images | modules | perch-agent, to status all running | perch-agent, to last start | docker run x $D | agent/docker |"
 	echo "|---|---:|---:|---:|---:|---:|"
 	for c in present pulled; do
-		a=$(q "(.deploy[] | select(.who == \"agent\" and .images == \"$c\") | .ms)")
-		al=$(q "(.deploy[] | select(.who == \"agent\" and .images == \"$c\") | .last_start_ms)")
-		k=$(q "(.deploy[] | select(.who == \"docker\" and .images == \"$c\") | .ms)")
-		echo "| $c | $D | $(fmt_ms "$a") | $(fmt_ms "$al") | $(fmt_ms "$k") | $(ratio "$a" "$k") |"
+		a=$(deploy_field agent "$c" ms)
+		echo "| $c | $D | $(fmt_ms "$a") | $(fmt_ms "$(deploy_field agent "$c" last_start_ms)") | $(fmt_ms "$(deploy_field docker "$c" ms)") | $(ratio "$a" "$(deploy_field docker "$c" ms)") |"
 	done
 	echo
+}
+
+md_memory() {
+	local c w r h
 	echo "## perch-agent resident memory"
 	echo
 	echo "| when | VmRSS | VmHWM | target |"
 	echo "|---|---:|---:|---|"
-	for c in present pulled; do
-		echo "| idle ${IDLE} s after deploying $D modules (images $c) | $(mb "$(q "(.deploy[] | select(.who == \"agent\" and .images == \"$c\") | .rss_kb)")") | $(mb "$(q "(.deploy[] | select(.who == \"agent\" and .images == \"$c\") | .hwm_kb)")") | < 6 MB |"
-	done
+	if [[ $PARTS == *" deploy "* ]]; then
+		for c in present pulled; do
+			echo "| idle ${IDLE} s after deploying $D modules (images $c) | $(mb "$(deploy_field agent "$c" rss_kb)") | $(mb "$(deploy_field agent "$c" hwm_kb)") | < 6 MB |"
+		done
+	fi
 	jq -r '.memory[] | [.what, .rss_kb, .hwm_kb] | @tsv' "$R" | while IFS=$'\t' read -r w r h; do
 		echo "| $w | $(mb "$r") | $(mb "$h") | < 6 MB |"
 	done
 	echo
+}
+
+md_how() {
 	echo "## How they ran"
 	echo
 	echo "- One engine, one run, one side after the other: Docker's crash run, then perch-agent's."
@@ -560,6 +575,20 @@ md=$OUT/agent.md
 	fi
 	echo
 	echo "Raw results: \`bench/raw/agent.json\` (every sample), the event streams and agent logs beside it (${elapsed} s in all)."
+}
+
+md=$OUT/agent.md
+{
+	echo "# perch-agent and Docker's restart policy, side by side"
+	echo
+	echo "Measured by \`make bench\` (tests/bench/agent_bench.sh) on $(date -u +%Y-%m-%d), $(nproc) cores,"
+	echo "$(uname -r); Docker Engine $DOCKER_VERSION; perch-agent built from $agent_build."
+	[ $SMOKE = 1 ] && echo && echo "**Smoke run** (--smoke): $N container a side, $K crashes, $D modules; not a measurement."
+	echo
+	[[ $PARTS == *" crash "* ]] && md_crash
+	[[ $PARTS == *" deploy "* ]] && md_deploy
+	md_memory
+	md_how
 } >"$md"
 
 # The same tables on the terminal, without the Markdown furniture.
