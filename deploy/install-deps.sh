@@ -34,7 +34,7 @@ packages=(
 	build-essential pkg-config clang clang-tidy clang-format cppcheck
 	# libraries
 	libwebsockets-dev libjansson-dev libmbedtls-dev libyaml-dev libsqlite3-dev
-	sqlite3 libcmocka-dev libcurl4-openssl-dev
+	sqlite3 libcmocka-dev
 	
 	# containers: engine, private registry, htpasswd
 	docker.io docker-registry apache2-utils
