@@ -86,7 +86,7 @@ static size_t one(const uint8_t *data, size_t size, size_t at)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static agent_http_parser a, b;
-	tally ta, tb;
+	tally ta = {0}, tb = {0};
 	size_t ua, ub;
 	perch_err ea = run(&a, &ta, data, size, NULL, &ua);
 	if (ea != PERCH_OK && ea != PERCH_EPROTO)
