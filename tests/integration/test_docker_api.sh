@@ -165,7 +165,9 @@ for ((i = 0; i < 50; i++)); do grep -q '^connected' "$tmp/events.log" && break; 
 grep -q '^connected' "$tmp/events.log" || fail "events stream did not connect: $(cat "$tmp/events.log" "$tmp/events.err")"
 ok "events stream connected"
 
-body='{"Image":"'"$image:1"'","Cmd":["700","3"],"Labels":{"perch.owner":"test","perch.module":"exit3"},
+# It lives 2.5 s: long enough for the start, list and inspect calls below
+# even from a sanitizer build (~250 ms a probe run), then exits 3.
+body='{"Image":"'"$image:1"'","Cmd":["2500","3"],"Labels":{"perch.owner":"test","perch.module":"exit3"},
       "HostConfig":{"NetworkMode":"perch","ExtraHosts":["perch-hub:host-gateway"]}}'
 out=$("$probe" create "perch-test-exit3-$tag" "$body") || fail "create: $out"
 id3=${out#id=}
