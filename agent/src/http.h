@@ -203,8 +203,10 @@ int agent_http_xfer_end(agent_http_xfer *x);
  * one byte of the answer arrived — it runs the request once more on a new
  * connection. Afterwards *kept holds the connection to keep for the next
  * call, or -1. The connect must be done within connect_timeout_ms, the whole
- * call by deadline (monotonic ms). Returns x->err (see agent_http_xfer_step);
- * x tells the rest (parser.status, connected, why). req is borrowed.
+ * call by deadline (monotonic ms). Returns x->err (see agent_http_xfer_step;
+ * also PERCH_EINVAL for a path that is empty or too long for a unix socket,
+ * PERCH_EIO when poll fails); x tells the rest (parser.status, connected,
+ * why). req is borrowed.
  */
 PERCH_MUST_USE perch_err agent_http_call(agent_http_xfer *x, const char *path, int *kept,
                                          const char *req, size_t req_len,
