@@ -2,8 +2,10 @@
  * perch-agent.c — the perch-agent program: reads its settings (config
  * file, then flags), applies the deployment (the manifest file, or the one
  * stored under the data dir), starts perch-hub, and runs one poll loop over
- * the Docker client's sockets and timers, the management socket, a signal
- * pipe and its own timers. `perch-agent status` asks a running agent.
+ * the Docker client's sockets and timers, the management socket, the
+ * modules' workload sockets, a signal pipe and its own timers (certificate
+ * renewal among them). At start it resolves the device id, makes the device
+ * key and certificates when they are missing (identity.c). `perch-agent status` asks a running agent.
  *
  * Signals: SIGTERM/SIGINT end the loop (modules keep running; the hub child
  * is stopped), SIGHUP re-reads the manifest, SIGCHLD reaps the hub.
@@ -27,7 +29,7 @@
 #include "perch/log.h"
 
 #define DEFAULT_CONFIG "/etc/perch/config.yaml"
-#define MAX_FDS        64
+#define MAX_FDS        256 /* signals, mgmt, Docker, workload sockets and clients */
 
 static int sig_pipe[2] = {-1, -1};
 
@@ -209,10 +211,6 @@ static perch_err load_settings(agent *ag, const args *a)
 	                              .max_ms = ag->cfg.restart_max_ms,
 	                              .healthy_ms = ag->cfg.healthy_ms,
 	                              .max_tries = ag->cfg.max_restarts};
-	if (ag->cfg.device_id != NULL && ag->cfg.device_id[0] != '\0')
-		snprintf(ag->device_id, sizeof ag->device_id, "%s", ag->cfg.device_id);
-	else if (gethostname(ag->device_id, sizeof ag->device_id - 1) != 0)
-		snprintf(ag->device_id, sizeof ag->device_id, "perch-device");
 	return PERCH_OK;
 }
 
@@ -313,13 +311,16 @@ static void run_loop(agent *ag)
 		}
 		if (ag->cfg.manifest != NULL)
 			timeout = min_timeout(timeout, next_poll - now);
+		timeout = min_timeout(timeout, agent_identity_tick(ag));
 		fds[0] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
 		fds[1] = (struct pollfd){.fd = ag->mgmt_fd, .events = POLLIN};
-		size_t n = agent_docker_pollfds(ag->docker, fds + 2, MAX_FDS - 2);
-		if (n > MAX_FDS - 2)
-			n = MAX_FDS - 2;
+		size_t nw = agent_workload_pollfds(ag, fds + 2, MAX_FDS / 2);
+		size_t n = agent_docker_pollfds(ag->docker, fds + 2 + nw, MAX_FDS - 2 - nw);
+		if (n > MAX_FDS - 2 - nw)
+			n = MAX_FDS - 2 - nw;
 		timeout = min_timeout(timeout, agent_docker_timeout_ms(ag->docker));
-		if (poll(fds, n + 2, timeout) < 0 && errno != EINTR) {
+		timeout = min_timeout(timeout, agent_workload_timeout_ms(ag));
+		if (poll(fds, n + nw + 2, timeout) < 0 && errno != EINTR) {
 			PERCH_ERROR("agent", "poll: %s", strerror(errno));
 			break;
 		}
@@ -345,7 +346,8 @@ static void run_loop(agent *ag)
 			if (again)
 				reload(ag, "reload requested on the management socket");
 		}
-		agent_docker_service(ag->docker, fds + 2, n);
+		agent_docker_service(ag->docker, fds + 2 + nw, n);
+		agent_workload_service(ag, fds + 2, nw);
 	}
 }
 
@@ -379,6 +381,14 @@ int main(int argc, char **argv)
 	if (agent_state_open(&ag) != PERCH_OK) {
 		PERCH_ERROR("agent", "perch-agent cannot start: agent.db in %s is unusable",
 		            ag.cfg.data_dir);
+		goto out;
+	}
+	if (agent_identity_id(&ag) != PERCH_OK || agent_identity_start(&ag) != PERCH_OK) {
+		PERCH_ERROR("agent", "perch-agent cannot start: no device identity");
+		goto out;
+	}
+	if (agent_workload_open(&ag) != PERCH_OK) {
+		PERCH_ERROR("agent", "perch-agent cannot start: workload sockets");
 		goto out;
 	}
 	agent_docker_opts dopts = {.socket_path = ag.cfg.docker_socket};
@@ -418,6 +428,8 @@ out:
 	if (ag.cfg.hub_enabled && !status)
 		agent_hub_stop(&ag);
 	agent_mgmt_close(&ag);
+	agent_workload_close(&ag);
+	agent_identity_stop(&ag);
 	agent_state_close(&ag);
 	agent_deployment_free(&ag.dep);
 	perch_free(ag.config_path);

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <poll.h>
 #include <stdio.h>
 #include <sys/types.h>
 
@@ -23,8 +24,10 @@
 #include "manifest.h"
 #include "perch/config.h"
 #include "perch/db.h"
+#include "perch/device.h"
 #include "perch/err.h"
 #include "policy.h"
+#include "workload.h"
 
 #define AGENT_OWNER_LABEL  "perch.owner"
 #define AGENT_OWNER_VALUE  "perch-agent"
@@ -32,6 +35,7 @@
 #define AGENT_HASH_LABEL   "perch.hash"
 #define AGENT_INST_LABEL   "perch.instance" /* which agent of the engine owns it */
 #define AGENT_DESC_MAX     512              /* statusDescription */
+#define AGENT_GENID_LEN    32               /* hex characters of a generation id */
 #define AGENT_PATH_MAX     1024
 
 /* --- settings (agent_settings.c) -------------------------------------------- */
@@ -40,7 +44,7 @@ typedef struct agent_settings {
 	char *data_dir;          /* agent.db and agent.sock live here */
 	char *manifest;          /* deployment file, or NULL: the stored deployment */
 	char *docker_socket;     /* Engine API socket */
-	char *device_id;         /* IOTEDGE_DEVICEID; NULL: the host name */
+	char *device_id;         /* deprecated override of device.id; NULL: none */
 	char *log_level;         /* error warn notice info debug */
 	char *mgmt_socket;       /* NULL: <data_dir>/agent.sock */
 	char *network;           /* bridge network of the modules */
@@ -60,6 +64,7 @@ typedef struct agent_settings {
 	int64_t log_max_file;    /* default LogConfig max-file */
 	agent_policy policy;     /* booleans filled by the table; lists borrowed below */
 	perch_strlist pol_cap_add, pol_devices, pol_bind_sources;
+	perch_device_settings device; /* the shared device: section (device.h) */
 } agent_settings;
 
 extern const perch_cfg_key agent_settings_table[];
@@ -114,22 +119,25 @@ typedef struct agent_mod {
 	char desc[AGENT_DESC_MAX]; /* statusDescription */
 	char id[AGENT_DOCKER_ID_MAX]; /* container id, "" when none */
 	char image_id[AGENT_DOCKER_ID_MAX];
-	char digest[256];          /* repo@sha256:..., "" unknown */
-	int exit_code;             /* of the last exit */
-	int64_t start_ms, exit_ms; /* last start / exit (Unix ms; 0 never) */
-	int64_t restart_ms;        /* last restart by the agent */
-	int64_t next_try_ms;       /* scheduled restart or retry; 0 none */
-	uint32_t restart_count;    /* restarts by the agent, ever */
-	uint32_t backoff_n;        /* restarts in a row (reset when healthy) */
-	bool fresh;                /* start it whatever the policy says */
-	bool engine_check;         /* the engine went away: did it take the module down? */
-	bool pulling;              /* a pull is in flight */
-	agent_docker_op *pull_op;  /* that pull, for cancel */
-	void *pull_ctx;            /* its callback context (reconcile.c) */
-	int64_t progress_log_ms;   /* last pull progress logged */
-	int64_t pull_retry_ms;     /* after a failed pull: not before */
-	uint32_t pull_failures;    /* pulls failed in a row */
-	bool dirty_state;          /* bookkeeping to write to the db */
+	char digest[256];                /* repo@sha256:..., "" unknown */
+	int exit_code;                   /* of the last exit */
+	int64_t start_ms, exit_ms;       /* last start / exit (Unix ms; 0 never) */
+	int64_t restart_ms;              /* last restart by the agent */
+	int64_t next_try_ms;             /* scheduled restart or retry; 0 none */
+	uint32_t restart_count;          /* restarts by the agent, ever */
+	uint32_t backoff_n;              /* restarts in a row (reset when healthy) */
+	bool fresh;                      /* start it whatever the policy says */
+	bool engine_check;               /* the engine went away: did it take the module down? */
+	bool pulling;                    /* a pull is in flight */
+	agent_docker_op *pull_op;        /* that pull, for cancel */
+	void *pull_ctx;                  /* its callback context (reconcile.c) */
+	int64_t progress_log_ms;         /* last pull progress logged */
+	int64_t pull_retry_ms;           /* after a failed pull: not before */
+	uint32_t pull_failures;          /* pulls failed in a row */
+	bool dirty_state;                /* bookkeeping to write to the db */
+	char genid[AGENT_GENID_LEN + 1]; /* IOTEDGE_MODULEGENERATIONID; "" until known */
+	long pid;               /* its container's init, host pid namespace; 0 not running */
+	int64_t pid_checked_ms; /* last inspect made for a workload caller check */
 } agent_mod;
 
 /* --- the agent ---------------------------------------------------------------- */
@@ -141,6 +149,8 @@ typedef struct agent_hubproc {
 	bool ever_ready;  /* modules may start */
 	int64_t start_ms; /* when the current child started */
 	int64_t next_ms;  /* next start attempt / probe */
+	bool hup_pending; /* SIGHUP it once it is ready (files changed meanwhile) */
+	bool hup_warned;  /* said once that it does not handle SIGHUP */
 	uint32_t deaths;  /* in a row, for the restart backoff */
 	int last_status;  /* wait status of the last death */
 } agent_hubproc;
@@ -175,6 +185,10 @@ typedef struct agent {
 	bool dirty;                /* reconcile at the next turn */
 	int64_t next_sync_ms;      /* periodic safety reconcile */
 	int mgmt_fd;               /* listening unix socket, -1 */
+	char device_key[PERCH_DEVICE_KEY_MAX + 1]; /* base64; "" none. Never logged */
+	char *trust_bundle;         /* PEM of the device CA (perch_malloc), or NULL */
+	int64_t next_cert_check_ms; /* next look at the certificates' expiry */
+	struct agent_wl *wl;        /* workload sockets and connections (workload.c) */
 	agent_hubproc hub;
 	agent_backoff backoff;
 	agent_stopping stopping[AGENT_MAX_STOPPING];
@@ -209,6 +223,10 @@ void agent_on_event(void *ud, const agent_docker_event *ev);
 /* agent_mods_free cancels pulls and frees the module records. */
 void agent_mods_free(agent *a);
 
+/* agent_mod_find returns the record of the deployed module name, or NULL
+ * (borrowed: valid until the next deployment is applied). */
+agent_mod *agent_mod_find(agent *a, const char *name);
+
 /* --- durable state (state.c) -------------------------------------------------- */
 
 PERCH_MUST_USE perch_err agent_state_open(agent *a);
@@ -221,6 +239,12 @@ PERCH_MUST_USE perch_err agent_state_save_mod(agent *a, const agent_mod *m);
 /* agent_state_load_mod fills m's bookkeeping if stored (by m->name). */
 void agent_state_load_mod(agent *a, agent_mod *m);
 PERCH_MUST_USE perch_err agent_state_save_version(agent *a);
+/* agent_state_genid gives m its generation id: the stored one, or a new
+ * random one, stored. */
+PERCH_MUST_USE perch_err agent_state_genid(agent *a, agent_mod *m);
+/* agent_state_genid_prune forgets the generation ids of modules that are
+ * not in a->mods (removed: a module deployed again gets a new one). */
+PERCH_MUST_USE perch_err agent_state_genid_prune(agent *a);
 
 /* --- reports (report.c) ------------------------------------------------------- */
 
@@ -253,5 +277,57 @@ int agent_hub_tick(agent *a);
 void agent_hub_reap(agent *a);
 /* agent_hub_stop sends SIGTERM and waits a little. */
 void agent_hub_stop(agent *a);
+/* agent_hub_reload asks the hub to read its files again (SIGHUP) — now when
+ * it is ready and handles SIGHUP, else once it is ready. */
+void agent_hub_reload(agent *a, const char *why);
+
+/* --- identity (identity.c): docs/identity.md ---------------------------------- */
+
+/* agent_identity_id resolves the device id (device.id, the deprecated
+ * agent.device_id, else the host name) into a->device_id. PERCH_EINVAL
+ * (logged) when it is not a valid IoT Hub id. No I/O beyond gethostname. */
+PERCH_MUST_USE perch_err agent_identity_id(agent *a);
+
+/* agent_identity_start loads the device key (creating it on first start)
+ * and makes or renews the certificates. PERCH_EPERM/EINVAL/EIO (logged)
+ * when the key cannot be had; certificate trouble is only logged. */
+PERCH_MUST_USE perch_err agent_identity_start(agent *a);
+
+/* agent_identity_tick renews the certificates when due (checked daily);
+ * returns ms until it wants to run again. */
+int agent_identity_tick(agent *a);
+
+/* agent_identity_write_hub writes device.hub_deployment from the applied
+ * deployment (atomically) and asks the hub to read it. Logged on failure. */
+perch_err agent_identity_write_hub(agent *a);
+
+/* agent_identity_stop wipes the key from memory and frees what start made. */
+void agent_identity_stop(agent *a);
+
+/* --- workload API (workload.c): one socket per module ---------------------------- */
+
+#define AGENT_WL_MOUNT "/var/run/iotedge"                      /* in the container */
+#define AGENT_WL_URI   "unix:///var/run/iotedge/workload.sock" /* IOTEDGE_WORKLOADURI */
+
+/* agent_workload_dir writes the host directory of module's socket
+ * (DATA_DIR/workload/MODULE, absolute), bind-mounted at AGENT_WL_MOUNT. */
+PERCH_MUST_USE perch_err agent_workload_dir(const agent *a, const char *module, char *buf,
+                                            size_t cap);
+/* agent_workload_open prepares DATA_DIR/workload (PERCH_EIO etc., logged). */
+PERCH_MUST_USE perch_err agent_workload_open(agent *a);
+/* agent_workload_sync makes a listening socket for each deployed module and
+ * removes those of modules no longer deployed (with their connections). */
+void agent_workload_sync(agent *a);
+/* agent_workload_pollfds fills up to cap pollfds; returns how many. */
+size_t agent_workload_pollfds(agent *a, struct pollfd *fds, size_t cap);
+/* agent_workload_service handles what poll said about those fds. */
+void agent_workload_service(agent *a, const struct pollfd *fds, size_t n);
+/* agent_workload_timeout_ms: ms until a connection's deadline, -1 none. */
+int agent_workload_timeout_ms(const agent *a);
+/* agent_workload_report returns a new reference: counters for the report. */
+json_t *agent_workload_report(const agent *a);
+/* agent_workload_close closes every socket and connection and removes the
+ * socket files (the directories stay: containers have them mounted). */
+void agent_workload_close(agent *a);
 
 #endif /* AGENT_AGENT_H */

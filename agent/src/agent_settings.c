@@ -2,6 +2,7 @@
  * agent_settings.c — perch-agent's settings: the table that drives both the
  * `agent:` section of /etc/perch/config.yaml and the command-line flags.
  * Each row's help text is what `perch-agent --help` and docs/agent.md show.
+ * The `device:` section (device.h) is shared with perch-hub.
  */
 #include <stddef.h>
 
@@ -20,7 +21,7 @@ const perch_cfg_key agent_settings_table[] = {
         {"agent.docker_socket", PERCH_CFG_STRING, 1, 1024, AGENT_DOCKER_DEFAULT_SOCK,
          F(docker_socket), NULL, "Docker Engine API unix socket"},
         {"agent.device_id", PERCH_CFG_STRING, 0, 128, NULL, F(device_id), NULL,
-         "device id given to modules (IOTEDGE_DEVICEID); absent: the host name"},
+         "deprecated: overrides device.id (perch-hub is told with --set device.id)"},
         {"agent.log_level", PERCH_CFG_STRING, 1, 16, "info", F(log_level), NULL,
          "error, warn, notice, info or debug"},
         {"agent.mgmt_socket", PERCH_CFG_STRING, 0, 100, NULL, F(mgmt_socket), NULL,
@@ -74,10 +75,11 @@ const perch_cfg_key agent_settings_table[] = {
          "host devices modules may map"},
         {"agent.policy.bind_sources", PERCH_CFG_STRLIST, 0, 64, NULL, F(pol_bind_sources), NULL,
          "host path prefixes modules may bind-mount"},
+        PERCH_DEVICE_CFG_ROWS(agent_settings, device),
 };
 const size_t agent_settings_count = sizeof agent_settings_table / sizeof agent_settings_table[0];
 
-const char *const agent_foreign_sections[] = {"device", "hub", "cloud", "upstream", NULL};
+const char *const agent_foreign_sections[] = {"hub", "cloud", "upstream", NULL};
 
 void agent_settings_policy(agent_settings *s)
 {

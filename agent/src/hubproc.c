@@ -4,6 +4,11 @@
  * (modules wait for that, at most agent.hub.ready_timeout), restarted when
  * it dies (at once, then 1 s doubling to 30 s; reset after 60 s up), and
  * stopped with SIGTERM when the agent stops — or dies (PR_SET_PDEATHSIG).
+ *
+ * When the files the hub reads change (the hub deployment file, its server
+ * certificate) the agent sends it SIGHUP — only once it is ready and only
+ * if it handles SIGHUP (SigCgt in /proc/PID/status): SIGHUP's default action
+ * would end it. A hub being started reads the files anyway.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,14 +61,21 @@ static void hub_spawn(agent *a)
 {
 	agent_hubproc *h = &a->hub;
 	size_t n = a->cfg.hub_args.n;
-	char **argv = perch_calloc(n + 4, sizeof *argv);
+	char **argv = perch_calloc(n + 6, sizeof *argv);
 	if (argv == NULL)
 		return;
 	size_t k = 0;
+	char set_id[300];
 	argv[k++] = h->path;
 	if (a->config_path != NULL) {
 		argv[k++] = (char *)"--config";
 		argv[k++] = a->config_path;
+	}
+	/* The deprecated agent.device_id: the hub must use the same id. */
+	if (a->cfg.device_id != NULL && a->cfg.device_id[0] != '\0') {
+		snprintf(set_id, sizeof set_id, "device.id=%s", a->device_id);
+		argv[k++] = (char *)"--set";
+		argv[k++] = set_id;
 	}
 	for (size_t i = 0; i < n; i++)
 		argv[k++] = a->cfg.hub_args.items[i];
@@ -91,6 +103,7 @@ static void hub_spawn(agent *a)
 	}
 	h->pid = pid;
 	h->ready = false;
+	h->hup_pending = false; /* a new hub reads its files at start */
 	h->start_ms = agent_now_ms();
 	h->next_ms = h->start_ms + 50;
 	PERCH_NOTICE("agent", "started perch-hub %s (pid %d)", h->path, (int)pid);
@@ -136,6 +149,10 @@ int agent_hub_tick(agent *a)
 		if (!h->ever_ready) {
 			h->ever_ready = true;
 			a->dirty = true;
+		}
+		if (h->hup_pending) {
+			h->hup_pending = false;
+			agent_hub_reload(a, "files changed while it started");
 		}
 		return 0;
 	}
@@ -196,4 +213,47 @@ void agent_hub_stop(agent *a)
 	}
 	perch_free(h->path);
 	h->path = NULL;
+}
+
+/* handles_sighup: has process pid a handler for SIGHUP? */
+static bool handles_sighup(pid_t pid)
+{
+	char path[64], buf[4096];
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	bool yes = false;
+	while (fgets(buf, sizeof buf, f) != NULL) {
+		if (strncmp(buf, "SigCgt:", 7) == 0) {
+			unsigned long long mask = strtoull(buf + 7, NULL, 16);
+			yes = (mask >> (SIGHUP - 1)) & 1u;
+			break;
+		}
+	}
+	fclose(f);
+	return yes;
+}
+
+void agent_hub_reload(agent *a, const char *why)
+{
+	agent_hubproc *h = &a->hub;
+	if (!a->cfg.hub_enabled || h->pid <= 0)
+		return;
+	if (!h->ready) {
+		h->hup_pending = true;
+		return;
+	}
+	if (!handles_sighup(h->pid)) {
+		if (!h->hup_warned)
+			PERCH_NOTICE(
+			        "agent",
+			        "perch-hub (pid %d) does not handle SIGHUP: it is not told when "
+			        "its files change (%s)",
+			        (int)h->pid, why);
+		h->hup_warned = true;
+		return;
+	}
+	if (kill(h->pid, SIGHUP) == 0)
+		PERCH_INFO("agent", "SIGHUP to perch-hub (pid %d): %s", (int)h->pid, why);
 }

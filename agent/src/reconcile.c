@@ -28,7 +28,11 @@
  *
  * Deployments: a manifest text that parses becomes the applied deployment
  * and is stored (state.c); one that does not is refused as a whole, each
- * error logged with its JSON path, and the applied one stays.
+ * error logged with its JSON path, and the applied one stays. An applied
+ * deployment also gives each new module a generation id (state.c), a
+ * workload socket (workload.c), and is written to the hub deployment file
+ * (identity.c). Every container gets its module's identity: the IOTEDGE_*
+ * variables and its workload socket directory, bind-mounted (no key).
  */
 #include <errno.h>
 #include <signal.h>
@@ -81,7 +85,7 @@ static void crashpoint(const char *name)
 	raise(SIGKILL);
 }
 
-static agent_mod *find_mod(agent *a, const char *name)
+agent_mod *agent_mod_find(agent *a, const char *name)
 {
 	for (size_t i = 0; i < a->n_mods; i++)
 		if (strcmp(a->mods[i].name, name) == 0)
@@ -172,7 +176,7 @@ static const agent_registry_credential *cred_for(const agent *a, const char *ima
 static void on_progress(void *ud, const agent_docker_progress *p)
 {
 	pull_ctx *c = ud;
-	agent_mod *m = find_mod(c->a, c->name);
+	agent_mod *m = agent_mod_find(c->a, c->name);
 	if (m == NULL)
 		return;
 	if (p->total > 0)
@@ -191,7 +195,7 @@ static void on_pulled(void *ud, perch_err err, const char *msg)
 {
 	pull_ctx *c = ud;
 	agent *a = c->a;
-	agent_mod *m = find_mod(a, c->name);
+	agent_mod *m = agent_mod_find(a, c->name);
 	if (m != NULL && m->pull_ctx == c) {
 		m->pulling = false;
 		m->pull_op = NULL;
@@ -295,8 +299,16 @@ static json_t *create_body(const agent *a, const agent_mod *m)
 		env_add(env, d->env[i].name, d->env[i].value);
 	char port[16];
 	snprintf(port, sizeof port, "%d", (int)a->cfg.hub_port);
+	/* What the Azure IoT SDKs' ModuleClient.fromEnvironment reads; no key:
+	 * the module asks its workload socket to sign. */
+	env_add(env, "IOTEDGE_WORKLOADURI", AGENT_WL_URI);
 	env_add(env, "IOTEDGE_DEVICEID", a->device_id);
 	env_add(env, "IOTEDGE_MODULEID", d->name);
+	env_add(env, "IOTEDGE_MODULEGENERATIONID", m->genid);
+	env_add(env, "IOTEDGE_IOTHUBHOSTNAME", a->cfg.device.iothub_hostname);
+	env_add(env, "IOTEDGE_GATEWAYHOSTNAME", a->cfg.device.gateway_hostname);
+	env_add(env, "IOTEDGE_AUTHSCHEME", "sasToken");
+	env_add(env, "IOTEDGE_APIVERSION", AGENT_WL_API_VERSION);
 	env_add(env, "PERCH_HUB_HOST", "perch-hub");
 	env_add(env, "PERCH_HUB_PORT", port);
 	json_t *labels = obj_member(b, "Labels");
@@ -305,7 +317,22 @@ static json_t *create_body(const agent *a, const agent_mod *m)
 	json_object_set_new(labels, AGENT_HASH_LABEL, json_string(m->hash));
 	json_object_set_new(labels, AGENT_INST_LABEL, json_string(a->cfg.instance));
 	json_t *hc = obj_member(b, "HostConfig");
-	json_array_append_new(arr_member(hc, "ExtraHosts"), json_string("perch-hub:host-gateway"));
+	/* The hub is on the host: by the name perch-hub, and by the gateway
+	 * host name (the one in its TLS certificate). */
+	json_t *hosts = arr_member(hc, "ExtraHosts");
+	json_array_append_new(hosts, json_string("perch-hub:host-gateway"));
+	if (strcmp(a->cfg.device.gateway_hostname, "perch-hub") != 0) {
+		char gw[300];
+		snprintf(gw, sizeof gw, "%s:host-gateway", a->cfg.device.gateway_hostname);
+		json_array_append_new(hosts, json_string(gw));
+	}
+	/* The module's own workload socket directory (added after the policy
+	 * check of createOptions: the agent's bind, not the manifest's). */
+	char dir[AGENT_PATH_MAX], bind[AGENT_PATH_MAX + 64];
+	if (agent_workload_dir(a, d->name, dir, sizeof dir) == PERCH_OK) {
+		snprintf(bind, sizeof bind, "%s:%s:ro", dir, AGENT_WL_MOUNT);
+		json_array_append_new(arr_member(hc, "Binds"), json_string(bind));
+	}
 	if (!json_is_object(json_object_get(hc, "LogConfig"))) {
 		if (a->dep.logging_options != NULL) {
 			json_object_set_new(hc, "LogConfig",
@@ -523,8 +550,10 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 		else if (err != PERCH_OK)
 			return 2000;
 	}
-	if (!have)
+	if (!have) {
 		m->id[0] = '\0';
+		m->pid = 0;
+	}
 	if (d->status == AGENT_STATUS_STOPPED) {
 		m->fresh = true;
 		m->next_try_ms = 0;
@@ -538,6 +567,7 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 		return create_container(a, m);
 
 	snprintf(m->image_id, sizeof m->image_id, "%s", st.image_id);
+	m->pid = st.running ? st.pid : 0;
 	if (m->digest[0] == '\0')
 		note_image(a, m, st.image_id);
 	int64_t started = agent_parse_rfc3339(st.started_at);
@@ -678,7 +708,7 @@ int agent_reconcile(agent *a)
 	{
 		const char *mod = module_label(c);
 		const char *id = json_string_value(json_object_get(c, "Id"));
-		if (id == NULL || (mod != NULL && find_mod(a, mod) != NULL))
+		if (id == NULL || (mod != NULL && agent_mod_find(a, mod) != NULL))
 			continue;
 		if (stopping(a, id) == NULL)
 			PERCH_NOTICE("agent", "module %s: container %.12s is not in the deployment",
@@ -749,7 +779,7 @@ void agent_on_event(void *ud, const agent_docker_event *ev)
 	if (!ours(a, ev->attrs))
 		return;
 	const char *name = json_string_value(json_object_get(ev->attrs, AGENT_MODULE_LABEL));
-	agent_mod *m = name != NULL ? find_mod(a, name) : NULL;
+	agent_mod *m = name != NULL ? agent_mod_find(a, name) : NULL;
 	switch (ev->action) {
 	case AGENT_DOCKER_ACT_DIE:
 		PERCH_NOTICE("agent", "module %s: container %.12s exited with code %d",
@@ -776,10 +806,16 @@ void agent_on_event(void *ud, const agent_docker_event *ev)
  * from its own configuration; a change in either recreates the container. */
 static void effective_hash(const agent *a, agent_mod *m)
 {
-	char text[1024];
-	int n = snprintf(text, sizeof text, "%s\ndevice=%s\nhub_port=%lld\nnetwork=%s\nlog=%s/%lld",
+	char text[3072], dir[AGENT_PATH_MAX];
+	if (agent_workload_dir(a, m->name, dir, sizeof dir) != PERCH_OK)
+		dir[0] = '\0';
+	int n = snprintf(text, sizeof text,
+	                 "%s\ndevice=%s\nhub_port=%lld\nnetwork=%s\nlog=%s/%lld\ngenid=%s\n"
+	                 "iothub=%s\ngateway=%s\nworkload=%s\napi=%s",
 	                 m->m->settings_hash, a->device_id, (long long)a->cfg.hub_port,
-	                 a->cfg.network, a->cfg.log_max_size, (long long)a->cfg.log_max_file);
+	                 a->cfg.network, a->cfg.log_max_size, (long long)a->cfg.log_max_file,
+	                 m->genid, a->cfg.device.iothub_hostname, a->cfg.device.gateway_hostname,
+	                 dir, AGENT_WL_API_VERSION);
 	unsigned char digest[32];
 	if (n < 0 || (size_t)n >= sizeof text ||
 	    mbedtls_sha256_ret((const unsigned char *)text, (size_t)n, digest, 0) != 0) {
@@ -803,7 +839,7 @@ static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
 		return PERCH_ENOMEM;
 	for (size_t i = 0; i < nd->n_modules; i++) {
 		const agent_module *d = &nd->modules[i];
-		agent_mod *old = find_mod(a, d->name);
+		agent_mod *old = agent_mod_find(a, d->name);
 		if (old != NULL) {
 			nm[i] = *old;
 			if (old->m->status == AGENT_STATUS_STOPPED &&
@@ -822,6 +858,11 @@ static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
 			snprintf(nm[i].name, sizeof nm[i].name, "%s", d->name);
 			nm[i].fresh = true;
 			agent_state_load_mod(a, &nm[i]);
+			if (agent_state_genid(a, &nm[i]) != PERCH_OK)
+				PERCH_WARN("agent",
+				           "module %s: its generation id could not be stored: it "
+				           "will change when the agent restarts",
+				           d->name);
 		}
 		nm[i].m = d;
 		effective_hash(a, &nm[i]);
@@ -879,6 +920,10 @@ static perch_err apply_text(agent *a, const char *text, size_t len, const char *
 	snprintf(a->desired_desc, sizeof a->desired_desc, "%s",
 	         from_store ? "stored deployment applied" : "");
 	PERCH_NOTICE("agent", "deployment from %s applied: %zu modules", source, a->n_mods);
+	if (agent_state_genid_prune(a) != PERCH_OK)
+		PERCH_WARN("agent", "cannot forget the generation ids of removed modules");
+	agent_workload_sync(a);
+	(void)agent_identity_write_hub(a);
 out:
 	agent_manifest_issues_free(&errs);
 	agent_manifest_issues_free(&warns);

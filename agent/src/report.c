@@ -151,6 +151,7 @@ json_t *agent_report(const agent *a)
 	for (size_t i = 0; i < a->n_mods; i++)
 		json_object_set_new(mods, a->mods[i].name, agent_report_module(&a->mods[i]));
 	json_object_set_new(r, "modules", mods);
+	json_object_set_new(r, "workload", agent_workload_report(a)); /* a Perch extra */
 	return r;
 }
 

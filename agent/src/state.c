@@ -8,7 +8,11 @@
  *                modules back;
  *   meta         lastDesiredVersion;
  *   module_state restart bookkeeping per module name: restartCount,
- *                lastRestartTimeUtc, restarts in a row, next try.
+ *                lastRestartTimeUtc, restarts in a row, next try;
+ *   module_identity the generation id of each deployed module
+ *                (IOTEDGE_MODULEGENERATIONID): made when the module first
+ *                appears, kept while it stays deployed, forgotten when a
+ *                deployment without it is applied.
  *
  * Every write is one statement (its own transaction): a kill -9 loses at
  * most the write in progress, never consistency.
@@ -17,6 +21,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +36,8 @@ static const perch_db_migration migrations[] = {
             "CREATE TABLE module_state(name TEXT PRIMARY KEY,"
             " restart_count INTEGER NOT NULL, last_restart_ms INTEGER NOT NULL,"
             " backoff_n INTEGER NOT NULL, next_try_ms INTEGER NOT NULL);"},
+        {2, "CREATE TABLE module_identity(name TEXT PRIMARY KEY,"
+            " generation_id TEXT NOT NULL, created_ms INTEGER NOT NULL);"},
 };
 
 static const char SQL_SAVE_MANIFEST[] =
@@ -42,6 +49,11 @@ static const char SQL_LOAD_VERSION[] = "SELECT value FROM meta WHERE key = 'desi
 static const char SQL_SAVE_MOD[] =
         "INSERT OR REPLACE INTO module_state(name, restart_count, last_restart_ms, backoff_n,"
         " next_try_ms) VALUES (?, ?, ?, ?, ?)";
+static const char SQL_LOAD_GENID[] = "SELECT generation_id FROM module_identity WHERE name = ?";
+static const char SQL_SAVE_GENID[] =
+        "INSERT INTO module_identity(name, generation_id, created_ms) VALUES (?, ?, ?)";
+static const char SQL_LIST_GENID[] = "SELECT name FROM module_identity";
+static const char SQL_DROP_GENID[] = "DELETE FROM module_identity WHERE name = ?";
 static const char SQL_LOAD_MOD[] = "SELECT restart_count, last_restart_ms, backoff_n, next_try_ms"
                                    " FROM module_state WHERE name = ?";
 
@@ -165,4 +177,84 @@ void agent_state_load_mod(agent *a, agent_mod *m)
 		m->next_try_ms = sqlite3_column_int64(st, 3);
 	}
 	sqlite3_reset(st);
+}
+
+perch_err agent_state_genid(agent *a, agent_mod *m)
+{
+	sqlite3_stmt *st;
+	perch_err err = perch_db_stmt(a->db, SQL_LOAD_GENID, &st);
+	if (err != PERCH_OK)
+		return err;
+	sqlite3_bind_text(st, 1, m->name, -1, SQLITE_STATIC);
+	bool found = false;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		const char *g = (const char *)sqlite3_column_text(st, 0);
+		if (g != NULL && strlen(g) == AGENT_GENID_LEN) {
+			memcpy(m->genid, g, AGENT_GENID_LEN + 1);
+			found = true;
+		}
+	}
+	sqlite3_reset(st);
+	if (found)
+		return PERCH_OK;
+	unsigned char raw[AGENT_GENID_LEN / 2];
+	if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+		return PERCH_EIO;
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < sizeof raw; i++) {
+		m->genid[2 * i] = hex[raw[i] >> 4];
+		m->genid[2 * i + 1] = hex[raw[i] & 15];
+	}
+	m->genid[AGENT_GENID_LEN] = '\0';
+	if ((err = perch_db_stmt(a->db, SQL_DROP_GENID, &st)) != PERCH_OK)
+		return err;
+	sqlite3_bind_text(st, 1, m->name, -1, SQLITE_STATIC);
+	if ((err = step_done(a->db, st)) != PERCH_OK)
+		return err;
+	if ((err = perch_db_stmt(a->db, SQL_SAVE_GENID, &st)) != PERCH_OK)
+		return err;
+	sqlite3_bind_text(st, 1, m->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, m->genid, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, agent_now_ms());
+	err = step_done(a->db, st);
+	if (err == PERCH_OK)
+		PERCH_INFO("agent", "module %s: new generation id %s", m->name, m->genid);
+	return err;
+}
+
+perch_err agent_state_genid_prune(agent *a)
+{
+	sqlite3_stmt *st;
+	perch_err err = perch_db_stmt(a->db, SQL_LIST_GENID, &st);
+	if (err != PERCH_OK)
+		return err;
+	/* Collect first: the list statement must be done before deleting. */
+	char(*gone)[AGENT_MANIFEST_MAX_NAME + 1] = NULL;
+	size_t n = 0, cap = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		if (name == NULL || agent_mod_find(a, name) != NULL)
+			continue;
+		void *grown = perch_grow(gone, n, &cap, sizeof *gone, 8);
+		if (grown == NULL) {
+			err = PERCH_ENOMEM;
+			break;
+		}
+		gone = grown;
+		snprintf(gone[n++], sizeof gone[0], "%s", name);
+	}
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && err == PERCH_OK; i++) {
+		if ((err = perch_db_stmt(a->db, SQL_DROP_GENID, &st)) != PERCH_OK)
+			break;
+		sqlite3_bind_text(st, 1, gone[i], -1, SQLITE_STATIC);
+		err = step_done(a->db, st);
+		if (err == PERCH_OK)
+			PERCH_INFO("agent",
+			           "module %s: removed from the deployment, generation id "
+			           "forgotten",
+			           gone[i]);
+	}
+	perch_free(gone);
+	return err;
 }

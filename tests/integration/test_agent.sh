@@ -109,10 +109,14 @@ stall_pid=$!
 
 hub_port=$(free_port)
 cat >"$tmp/config.yaml" <<YAML
+device:
+  id: agent-test-$$
+  key_file: $tmp/device/device.key
+  certs_dir: $tmp/device/certs
+  hub_deployment: $tmp/device/hub-deployment.json
 agent:
   instance: $inst
   network: $net
-  device_id: agent-test-$$
   restart:
     base: 500ms
     max: 4s
@@ -208,7 +212,7 @@ for m in "$sensor" "$filter"; do
 	lab=$(docker inspect -f '{{index .Config.Labels "perch.owner"}} {{index .Config.Labels "perch.module"}} {{index .Config.Labels "perch.hash"}}' "$m")
 	read -r owner module hash <<<"$lab"
 	[ "$owner" = perch-agent ] && [ "$module" = "$m" ] && [[ $hash =~ ^[0-9a-f]{64}$ ]] || fail "$m labels: $lab"
-	docker inspect "$m" | grep -qF "$password" && fail "the registry password is in docker inspect $m"
+	docker inspect "$m" | grep -qF -e "$password" && fail "the registry password is in docker inspect $m"
 	hc=$(docker inspect -f '{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config "max-size"}} {{index .HostConfig.LogConfig.Config "max-file"}} {{json .HostConfig.ExtraHosts}} {{.HostConfig.NetworkMode}}' "$m")
 	[ "$hc" = "no json-file 10m 3 [\"perch-hub:host-gateway\"] $net" ] || fail "$m host config: $hc"
 	env=$(docker inspect -f '{{json .Config.Env}}' "$m")
@@ -219,7 +223,7 @@ for m in "$sensor" "$filter"; do
 done
 [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$filter")" = 33554432 ] || fail "createOptions not applied to $filter"
 ok "createOptions merged (filter Memory 32 MiB)"
-status_json | grep -qF "$password" && fail "password in status"
+status_json | grep -qF -e "$password" && fail "password in status"
 wait_for 30 "$sensor connected to the agent's hub" bash -c "docker logs $sensor 2>&1 | grep -q 'connected to hub perch-hub:$hub_port'"
 ok "$sensor connected to perch-hub:$hub_port"
 

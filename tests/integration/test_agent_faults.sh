@@ -144,6 +144,10 @@ ok "test image built and pushed: $img (and $img2, removed locally)"
 
 # --- helpers ---------------------------------------------------------------------------------
 cat >"$tmp/config.yaml" <<YAML
+device:
+  key_file: $tmp/device/device.key
+  certs_dir: $tmp/device/certs
+  hub_deployment: $tmp/device/hub-deployment.json
 agent:
   instance: $inst
   network: $net
