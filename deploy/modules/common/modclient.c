@@ -1,8 +1,10 @@
 /*
  * modclient.c — the sample modules' MQTT client: settings from the
- * environment, a non-blocking TCP connection driven by poll(2), CONNECT,
- * SUBSCRIBE, QoS 1 PUBLISH with an in-flight window, PUBACK, keepalive, and
- * reconnection with backoff. See modclient.h for the contract.
+ * environment, a SAS token signed by the workload API (a small HTTP/1.1
+ * request over the unix socket perch-agent mounts in the container), a
+ * non-blocking TCP connection driven by poll(2), CONNECT, SUBSCRIBE, QoS 1
+ * PUBLISH with an in-flight window, PUBACK, keepalive, and reconnection
+ * with backoff. See modclient.h for the contract.
  */
 #include "modclient.h"
 
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,6 +79,9 @@ perch_err modclient_config_from_env(modclient_config *cfg, const char *default_m
 	const char *module = env("IOTEDGE_MODULEID");
 	const char *iothub = env("IOTEDGE_IOTHUBHOSTNAME");
 	const char *password = env("PERCH_HUB_PASSWORD");
+	const char *workload = env("IOTEDGE_WORKLOADURI");
+	const char *genid = env("IOTEDGE_MODULEGENERATIONID");
+	const char *api = env("IOTEDGE_APIVERSION");
 
 	memset(cfg, 0, sizeof *cfg);
 	if (host == NULL)
@@ -112,7 +118,226 @@ perch_err modclient_config_from_env(modclient_config *cfg, const char *default_m
 		err = check_id("IOTEDGE_DEVICEID", cfg->device_id);
 	if (err == PERCH_OK)
 		err = check_id("IOTEDGE_MODULEID", cfg->module_id);
+	if (err == PERCH_OK && workload != NULL && password == NULL) {
+		static const char scheme[] = "unix://";
+		if (strncmp(workload, scheme, sizeof scheme - 1) != 0) {
+			PERCH_ERROR(LOG_MOD, "IOTEDGE_WORKLOADURI '%s' is not unix:///PATH",
+			            workload);
+			return PERCH_EINVAL;
+		}
+		if (genid == NULL) {
+			PERCH_ERROR(LOG_MOD,
+			            "IOTEDGE_WORKLOADURI is set, IOTEDGE_MODULEGENERATIONID "
+			            "is not");
+			return PERCH_EINVAL;
+		}
+		err = copy_setting("IOTEDGE_WORKLOADURI", workload + sizeof scheme - 1,
+		                   cfg->workload_path, sizeof cfg->workload_path);
+		if (err == PERCH_OK)
+			err = copy_setting("IOTEDGE_MODULEGENERATIONID", genid, cfg->generation_id,
+			                   sizeof cfg->generation_id);
+		if (err == PERCH_OK)
+			err = copy_setting("IOTEDGE_APIVERSION", api != NULL ? api : "2019-01-30",
+			                   cfg->workload_api, sizeof cfg->workload_api);
+	}
 	return err;
+}
+
+/* --- SAS tokens from the workload API --------------------------------------- */
+
+/* url_encode appends s to out (cap bytes, NUL kept) with every byte but
+ * A-Z a-z 0-9 - _ . ~ percent-encoded (encodeURIComponent, strict). */
+static bool url_encode(const char *s, char *out, size_t cap)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t k = strlen(out);
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		             (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~';
+		if (k + (plain ? 1 : 3) >= cap)
+			return false;
+		if (plain) {
+			out[k++] = (char)c;
+		} else {
+			out[k++] = '%';
+			out[k++] = hex[c >> 4];
+			out[k++] = hex[c & 15];
+		}
+	}
+	out[k] = '\0';
+	return true;
+}
+
+static bool base64(const unsigned char *in, size_t n, char *out, size_t cap)
+{
+	static const char tbl[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t k = 0;
+	if ((n + 2) / 3 * 4 + 1 > cap)
+		return false;
+	for (size_t i = 0; i < n; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16;
+		if (i + 1 < n)
+			v |= (uint32_t)in[i + 1] << 8;
+		if (i + 2 < n)
+			v |= in[i + 2];
+		out[k++] = tbl[(v >> 18) & 63];
+		out[k++] = tbl[(v >> 12) & 63];
+		out[k++] = (char)(i + 1 < n ? tbl[(v >> 6) & 63] : '=');
+		out[k++] = (char)(i + 2 < n ? tbl[v & 63] : '=');
+	}
+	out[k] = '\0';
+	return true;
+}
+
+/* exchange sends req on a new connection to path and reads the whole answer
+ * into resp (cap bytes, NUL-terminated), within MODCLIENT_WORKLOAD_TIMEOUT_MS. */
+static perch_err exchange(const char *path, const char *req, size_t len, char *resp, size_t cap,
+                          char *why, size_t wcap)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof sa.sun_path) {
+		snprintf(why, wcap, "workload socket path too long");
+		return PERCH_ETOOBIG;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		snprintf(why, wcap, "workload socket %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return PERCH_EIO;
+	}
+	int64_t deadline = modclient_now_ms() + MODCLIENT_WORKLOAD_TIMEOUT_MS;
+	size_t off = 0, got = 0;
+	perch_err err = PERCH_OK;
+	for (;;) {
+		int64_t left = deadline - modclient_now_ms();
+		if (left <= 0) {
+			snprintf(why, wcap, "workload API: no answer in time");
+			err = PERCH_EIO;
+			break;
+		}
+		struct pollfd p = {.fd = fd, .events = off < len ? POLLOUT : POLLIN};
+		if (poll(&p, 1, (int)left) <= 0)
+			continue;
+		if (off < len) {
+			ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+			if (w < 0 && errno != EAGAIN && errno != EINTR) {
+				snprintf(why, wcap, "workload API: %s", strerror(errno));
+				err = PERCH_EIO;
+				break;
+			}
+			off += w > 0 ? (size_t)w : 0;
+			continue;
+		}
+		ssize_t r = recv(fd, resp + got, cap - 1 - got, 0);
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (r <= 0 || got + (size_t)r >= cap - 1) {
+			got += r > 0 ? (size_t)r : 0;
+			break;
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	resp[got] = '\0';
+	return err;
+}
+
+/* json_field finds "key":"value" in text and copies value (no escapes). */
+static bool json_field(const char *text, const char *key, char *out, size_t cap)
+{
+	char pat[64];
+	snprintf(pat, sizeof pat, "\"%s\"", key);
+	const char *p = strstr(text, pat);
+	if (p == NULL)
+		return false;
+	p += strlen(pat);
+	while (*p == ' ' || *p == ':')
+		p++;
+	if (*p++ != '"')
+		return false;
+	const char *end = strchr(p, '"');
+	if (end == NULL || (size_t)(end - p) >= cap)
+		return false;
+	memcpy(out, p, (size_t)(end - p));
+	out[end - p] = '\0';
+	return true;
+}
+
+perch_err modclient_workload_token(const modclient_config *cfg, uint64_t expiry, char *out,
+                                   size_t cap, char *why, size_t wcap)
+{
+	char resource[MODCLIENT_MAX_HOST + 2 * MODCLIENT_MAX_ID + 32];
+	char sr[3 * sizeof resource] = "", to_sign[sizeof sr + 32], data[sizeof to_sign * 2];
+	char path[3 * 2 * MODCLIENT_MAX_ID + 32], body[sizeof data + 96];
+	char req[sizeof path + sizeof body + 256], resp[4096];
+	char digest[128], sig[3 * sizeof digest] = "", message[256];
+
+	snprintf(resource, sizeof resource, "%s/devices/%s/modules/%s", cfg->iothub_host,
+	         cfg->device_id, cfg->module_id);
+	if (!url_encode(resource, sr, sizeof sr)) {
+		snprintf(why, wcap, "resource too long");
+		return PERCH_ETOOBIG;
+	}
+	int n = snprintf(to_sign, sizeof to_sign, "%s\n%llu", sr, (unsigned long long)expiry);
+	if (n < 0 || (size_t)n >= sizeof to_sign ||
+	    !base64((const unsigned char *)to_sign, (size_t)n, data, sizeof data)) {
+		snprintf(why, wcap, "resource too long");
+		return PERCH_ETOOBIG;
+	}
+	char mod_enc[3 * MODCLIENT_MAX_ID + 1] = "", gen_enc[3 * MODCLIENT_MAX_ID + 1] = "";
+	if (!url_encode(cfg->module_id, mod_enc, sizeof mod_enc) ||
+	    !url_encode(cfg->generation_id, gen_enc, sizeof gen_enc)) {
+		snprintf(why, wcap, "module or generation id too long");
+		return PERCH_ETOOBIG;
+	}
+	snprintf(path, sizeof path, "/modules/%s/genid/%s", mod_enc, gen_enc);
+	snprintf(body, sizeof body,
+	         "{\"keyId\":\"primary\",\"algo\":\"HMACSHA256\",\"data\":\"%s\"}", data);
+	n = snprintf(req, sizeof req,
+	             "POST %s/sign?api-version=%s HTTP/1.1\r\nHost: localhost\r\n"
+	             "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+	             "Connection: close\r\n\r\n%s",
+	             path, cfg->workload_api, strlen(body), body);
+	if (n < 0 || (size_t)n >= sizeof req) {
+		snprintf(why, wcap, "request too long");
+		return PERCH_ETOOBIG;
+	}
+	perch_err err = exchange(cfg->workload_path, req, (size_t)n, resp, sizeof resp, why, wcap);
+	if (err != PERCH_OK)
+		return err;
+	/* "HTTP/1.x NNN ..." */
+	char *end = NULL;
+	long status = 0;
+	if (strlen(resp) >= 12 && strncmp(resp, "HTTP/1.", 7) == 0 && resp[8] == ' ')
+		status = strtol(resp + 9, &end, 10);
+	if (end == NULL || end != resp + 12 || status < 100 || status > 599) {
+		snprintf(why, wcap, "workload API: not an HTTP answer");
+		return PERCH_EPROTO;
+	}
+	const char *json = strstr(resp, "\r\n\r\n");
+	json = json != NULL ? json + 4 : "";
+	if (status != 200) {
+		if (!json_field(json, "message", message, sizeof message))
+			snprintf(message, sizeof message, "(no message)");
+		snprintf(why, wcap, "workload API refused to sign (HTTP %ld): %s", status, message);
+		return PERCH_EPERM;
+	}
+	if (!json_field(json, "digest", digest, sizeof digest) ||
+	    !url_encode(digest, sig, sizeof sig)) {
+		snprintf(why, wcap, "workload API: no digest in its answer");
+		return PERCH_EPROTO;
+	}
+	n = snprintf(out, cap, "SharedAccessSignature sr=%s&sig=%s&se=%llu", sr, sig,
+	             (unsigned long long)expiry);
+	if (n < 0 || (size_t)n >= cap) {
+		snprintf(why, wcap, "token too long");
+		return PERCH_ETOOBIG;
+	}
+	return PERCH_OK;
 }
 
 perch_err modclient_env_double(const char *name, double def, double *out)
@@ -328,11 +553,23 @@ static void start_connect(modclient *c)
 	pkt.connect.client_id = perch_slice_cstr(client_id);
 	pkt.connect.username = perch_slice_cstr(username);
 	pkt.connect.has_username = true;
-	/* The identity work replaces this with a SAS token made (and renewed)
-	 * here, from IOTEDGE_* and the workload API, at every connect. */
+	/* The password: PERCH_HUB_PASSWORD as given, else a SAS token signed
+	 * by the workload API now (renewed by reconnecting), else none. */
+	char token[MODCLIENT_MAX_PASSWORD + 1];
+	c->token_expiry = 0;
 	if (c->cfg.password[0] != '\0') {
 		pkt.connect.password = perch_slice_cstr(c->cfg.password);
 		pkt.connect.has_password = true;
+	} else if (c->cfg.workload_path[0] != '\0') {
+		uint64_t expiry = (uint64_t)time(NULL) + MODCLIENT_TOKEN_LIFETIME_S;
+		if (modclient_workload_token(&c->cfg, expiry, token, sizeof token, why,
+		                             sizeof why) != PERCH_OK) {
+			drop(c, why);
+			return;
+		}
+		pkt.connect.password = perch_slice_cstr(token);
+		pkt.connect.has_password = true;
+		c->token_expiry = (int64_t)expiry;
 	}
 	pkt.connect.keep_alive = MODCLIENT_KEEPALIVE_S;
 	pkt.connect.clean_session = false;
@@ -391,8 +628,8 @@ static perch_err on_connack(modclient *c, const perch_mqtt_connack *ack)
 		char why[192];
 		snprintf(why, sizeof why, "login refused (CONNACK %u%s)", ack->return_code,
 		         ack->return_code == PERCH_MQTT_CONNACK_NOT_AUTHORIZED
-		                 ? ": not authorized; is the hub run with --allow-anonymous or "
-		                   "is PERCH_HUB_PASSWORD set?"
+		                 ? ": not authorized; does the hub know this module (its "
+		                   "deployment file), or is it run with --allow-anonymous?"
 		                 : "");
 		drop(c, why);
 		return PERCH_EPERM;
@@ -566,6 +803,11 @@ perch_err modclient_run(modclient *c, int timeout_ms)
 			start_connect(c);
 		if (c->fd >= 0 && c->ready && flush_inflight(c) != PERCH_OK)
 			drop(c, "cannot write to the hub");
+		if (c->fd >= 0 && c->ready && c->token_expiry != 0 &&
+		    (int64_t)time(NULL) >= c->token_expiry - MODCLIENT_TOKEN_RENEW_S) {
+			c->backoff_ms = MODCLIENT_BACKOFF_MIN_MS;
+			drop(c, "SAS token about to expire: reconnecting with a new one");
+		}
 
 		now = modclient_now_ms();
 		int64_t wait = deadline - now;

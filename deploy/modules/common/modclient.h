@@ -34,18 +34,22 @@
 #include "perch/props.h"
 #include "perch/slice.h"
 
-#define MODCLIENT_MAX_ID         128     /* bytes of a device or module id */
-#define MODCLIENT_MAX_HOST       253     /* bytes of a host name */
-#define MODCLIENT_MAX_PASSWORD   4096    /* bytes of a password (a SAS token) */
-#define MODCLIENT_MAX_SUBS       8       /* topic filters subscribed on each connect */
-#define MODCLIENT_MAX_FILTER     512     /* bytes of one topic filter */
-#define MODCLIENT_MAX_INFLIGHT   64      /* published messages awaiting PUBACK */
-#define MODCLIENT_MAX_PACKET     262144u /* largest packet sent or accepted (hub default) */
-#define MODCLIENT_KEEPALIVE_S    60      /* MQTT keepalive sent in CONNECT */
-#define MODCLIENT_ACK_TIMEOUT_MS 30000   /* CONNACK/SUBACK/PUBACK wait before reconnecting */
-#define MODCLIENT_BACKOFF_MIN_MS 500     /* first retry delay */
-#define MODCLIENT_BACKOFF_MAX_MS 30000   /* retry delay cap */
-#define MODCLIENT_API_VERSION    "2018-06-30"
+#define MODCLIENT_MAX_ID              128     /* bytes of a device or module id */
+#define MODCLIENT_MAX_HOST            253     /* bytes of a host name */
+#define MODCLIENT_MAX_PASSWORD        4096    /* bytes of a password (a SAS token) */
+#define MODCLIENT_MAX_SUBS            8       /* topic filters subscribed on each connect */
+#define MODCLIENT_MAX_FILTER          512     /* bytes of one topic filter */
+#define MODCLIENT_MAX_INFLIGHT        64      /* published messages awaiting PUBACK */
+#define MODCLIENT_MAX_PACKET          262144u /* largest packet sent or accepted (hub default) */
+#define MODCLIENT_KEEPALIVE_S         60      /* MQTT keepalive sent in CONNECT */
+#define MODCLIENT_ACK_TIMEOUT_MS      30000   /* CONNACK/SUBACK/PUBACK wait before reconnecting */
+#define MODCLIENT_BACKOFF_MIN_MS      500     /* first retry delay */
+#define MODCLIENT_BACKOFF_MAX_MS      30000   /* retry delay cap */
+#define MODCLIENT_API_VERSION         "2018-06-30"
+#define MODCLIENT_MAX_SOCK_PATH       107  /* bytes of a unix socket path */
+#define MODCLIENT_TOKEN_LIFETIME_S    3600 /* SAS tokens from the workload API */
+#define MODCLIENT_TOKEN_RENEW_S       300  /* reconnect this long before the token expires */
+#define MODCLIENT_WORKLOAD_TIMEOUT_MS 5000 /* a sign request, end to end */
 
 /*
  * Connection settings, read from the environment by modclient_config_from_env:
@@ -57,19 +61,31 @@
  *   IOTEDGE_DEVICEID    device id (default "perch-device")
  *   IOTEDGE_MODULEID    module id (default: the module's own default)
  *   IOTEDGE_IOTHUBHOSTNAME  host part of the MQTT user name (default: the hub host)
- *   PERCH_HUB_PASSWORD  MQTT password, e.g. a SAS token (default: none, an
- *                       anonymous login for a hub run with --allow-anonymous)
+ *   PERCH_HUB_PASSWORD  MQTT password, e.g. a SAS token (wins over the workload
+ *                       API when both are there)
+ *   IOTEDGE_WORKLOADURI  unix:///PATH of the workload API (set by perch-agent):
+ *                       at every connect the client asks it to sign a SAS
+ *                       token for the module (valid MODCLIENT_TOKEN_LIFETIME_S,
+ *                       reconnecting with a new one before it expires); needs
+ *                       IOTEDGE_MODULEGENERATIONID, and IOTEDGE_APIVERSION
+ *                       (default 2019-01-30)
+ *   (neither)           no password: an anonymous login, for a hub run with
+ *                       --allow-anonymous
  *
  * Client id `{device}/{module}`, user name `{iothubhost}/{device}/{module}/?api-version=...`,
- * as IoT Edge modules log in.
+ * as IoT Edge modules log in. The token's resource is
+ * `{iothubhost}/devices/{device}/modules/{module}`.
  */
 typedef struct modclient_config {
-	char host[MODCLIENT_MAX_HOST + 1];         /* hub host, NUL-terminated */
-	uint16_t port;                             /* hub port, > 0 */
-	char device_id[MODCLIENT_MAX_ID + 1];      /* NUL-terminated, no `/ + #` */
-	char module_id[MODCLIENT_MAX_ID + 1];      /* NUL-terminated, no `/ + #` */
-	char iothub_host[MODCLIENT_MAX_HOST + 1];  /* for the user name */
-	char password[MODCLIENT_MAX_PASSWORD + 1]; /* empty: none. Never logged */
+	char host[MODCLIENT_MAX_HOST + 1];               /* hub host, NUL-terminated */
+	uint16_t port;                                   /* hub port, > 0 */
+	char device_id[MODCLIENT_MAX_ID + 1];            /* NUL-terminated, no `/ + #` */
+	char module_id[MODCLIENT_MAX_ID + 1];            /* NUL-terminated, no `/ + #` */
+	char iothub_host[MODCLIENT_MAX_HOST + 1];        /* for the user name */
+	char password[MODCLIENT_MAX_PASSWORD + 1];       /* empty: none. Never logged */
+	char workload_path[MODCLIENT_MAX_SOCK_PATH + 1]; /* "": no workload API */
+	char generation_id[MODCLIENT_MAX_ID + 1];        /* with workload_path */
+	char workload_api[16];                           /* api-version of the workload API */
 } modclient_config;
 
 /*
@@ -132,10 +148,11 @@ typedef struct modclient {
 	uint16_t next_id;       /* next packet id to try, non-zero */
 	perch_mqtt_decoder dec; /* reads the hub's packets */
 	modclient_inflight inflight[MODCLIENT_MAX_INFLIGHT];
-	size_t ninflight;   /* used slots */
-	uint64_t published; /* messages acknowledged by the hub */
-	uint64_t received;  /* messages received and acknowledged */
-	uint64_t rng;       /* jitter state */
+	size_t ninflight;     /* used slots */
+	uint64_t published;   /* messages acknowledged by the hub */
+	uint64_t received;    /* messages received and acknowledged */
+	uint64_t rng;         /* jitter state */
+	int64_t token_expiry; /* Unix seconds of the token in use (workload API), 0 none */
 } modclient;
 
 /*
@@ -191,6 +208,17 @@ size_t modclient_pending(const modclient *c);
 /* modclient_fini sends DISCONNECT when connected, closes, frees what c holds.
  * Safe on a zeroed or initialised client, and twice. */
 void modclient_fini(modclient *c);
+
+/*
+ * modclient_workload_token asks the workload API of cfg (workload_path set)
+ * to sign a SAS token for cfg's module, valid until expiry (Unix seconds),
+ * and writes it into out (cap bytes, NUL-terminated). On failure returns
+ * PERCH_EIO (cannot reach the socket, no answer in time), PERCH_EPERM (the
+ * API refused: its message is in why), PERCH_EPROTO (an answer that is not
+ * one) or PERCH_ETOOBIG, with a reason in why (wcap bytes).
+ */
+PERCH_MUST_USE perch_err modclient_workload_token(const modclient_config *cfg, uint64_t expiry,
+                                                  char *out, size_t cap, char *why, size_t wcap);
 
 /* modclient_now_ms returns a monotonic clock in milliseconds. */
 int64_t modclient_now_ms(void);
