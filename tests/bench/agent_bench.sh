@@ -113,6 +113,7 @@ PIDS=()   # agents and `docker events` this script started and has not stopped
 IMAGES=() # local image references this script built or pulled
 NOTES=()  # what went wrong, for the report
 started_at=$SECONDS
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- helpers -------------------------------------------------------------------
 now_ns() { local t=$EPOCHREALTIME; echo "${t/./}000"; }
@@ -583,6 +584,7 @@ md=$OUT/agent.md
 	echo
 	echo "Measured by \`make bench\` (tests/bench/agent_bench.sh) on $(date -u +%Y-%m-%d), $(nproc) cores,"
 	echo "$(uname -r); Docker Engine $DOCKER_VERSION; perch-agent built from $agent_build."
+	echo "Load average (1, 5, 15 min) at the start: $LOAD_BEFORE; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 	[ $SMOKE = 1 ] && echo && echo "**Smoke run** (--smoke): $N container a side, $K crashes, $D modules; not a measurement."
 	echo
 	[[ $PARTS == *" crash "* ]] && md_crash
