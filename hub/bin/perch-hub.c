@@ -2,6 +2,7 @@
  * perch-hub.c — the perch-hub program: reads its settings (config file,
  * then flags), opens the store, starts the listeners, runs the loop until
  * SIGTERM or SIGINT, then closes every connection and flushes the store.
+ * SIGHUP reads the identity files again (docs/identity.md).
  *
  * Exit codes: 0 after a signal; 1 when it cannot start (bad flag or
  * setting, busy port, unusable data dir), with one line saying why; 2 for
@@ -25,8 +26,10 @@ static hub the_hub;
 
 static void on_signal(int sig)
 {
-	(void)sig;
-	the_hub.stopping = 1;
+	if (sig == SIGHUP)
+		the_hub.reload = 1;
+	else
+		the_hub.stopping = 1;
 	if (the_hub.ctx != NULL)
 		lws_cancel_service(the_hub.ctx);
 }
@@ -240,7 +243,10 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 
+	if (hub_auth_open(h) != PERCH_OK)
+		goto out;
 	if (hub_broker_open(h) != PERCH_OK) {
 		PERCH_ERROR("hub", "perch-hub cannot start: the data dir or store is unusable "
 		                   "(see above)");
@@ -257,6 +263,7 @@ int main(int argc, char **argv)
 out:
 	hub_listen_stop(h);
 	hub_broker_close(h);
+	hub_auth_close(h);
 	perch_cfg_free(hub_settings_table, hub_settings_count, &h->cfg);
 	if (rc == 0)
 		PERCH_NOTICE("hub", "stopped");

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "msg.h"
 #include "perch/alloc.h"
+#include "perch/iothub_topic.h"
 #include "perch/log.h"
 #include "perch/map.h"
 #include "perch/topic.h"
@@ -579,12 +580,51 @@ static perch_err set_retained(hub_broker *b, const hub_msg *m, bool *durable)
 	return PERCH_OK;
 }
 
+/* ack_dropped acknowledges a publish the hub refused (so that the client
+ * does not send it again forever; the refusal is logged and counted). */
+static int ack_dropped(hub_conn *c, uint8_t qos, uint16_t pid)
+{
+	if (qos == 0 || perch_map_get(&c->hub->broker->tickets, conn_key(&c)) != NULL) {
+		/* Behind durable PUBACKs of the same connection: order matters, so it
+		 * waits its turn like any other. */
+		if (qos > 0 && ticket_add(c->hub->broker, c, pid, qos == 2) != PERCH_OK)
+			hub_conn_close_soon(c, "out of memory", NULL);
+		return 0;
+	}
+	perch_mqtt_packet ack = {.type = qos == 2 ? PERCH_MQTT_PUBREC : PERCH_MQTT_PUBACK,
+	                         .ack = {.packet_id = pid}};
+	if (hub_conn_send_packet(c, &ack) != PERCH_OK)
+		hub_conn_close_soon(c, "out of memory", NULL);
+	return 0;
+}
+
 /* publish routes one message from a client (c, may be NULL for a will). */
 static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice payload, uint8_t qos,
                    bool retain, uint16_t pid)
 {
 	uint8_t q = qos > 1 ? 1 : qos;
 	hub_msg *m;
+	char stamped[PERCH_IOTHUB_MAX_TOPIC + 512];
+	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
+		if (!hub_authz_publish(&c->ident, topic)) {
+			hub_metrics_denied(b->h->metrics, "publish");
+			PERCH_WARN(
+			        LOG_MOD, "%s: publish to %.*s denied: not its own topic; dropped",
+			        c->client_id, (int)(topic.len > 200 ? 200 : topic.len), topic.ptr);
+			return ack_dropped(c, qos, pid);
+		}
+		size_t n = 0;
+		perch_err serr = PERCH_OK;
+		if (hub_auth_stamp(&c->ident, topic, stamped, sizeof stamped, &n, &serr))
+			topic = (perch_slice){stamped, n};
+		else if (serr != PERCH_OK) {
+			hub_metrics_dropped(b->h->metrics, "bad_property_bag", 1);
+			PERCH_WARN(LOG_MOD, "%s: publish to %.*s dropped: property bag: %s",
+			           c->client_id, (int)(topic.len > 200 ? 200 : topic.len),
+			           topic.ptr, perch_strerror(serr));
+			return ack_dropped(c, qos, pid);
+		}
+	}
 	perch_err err =
 	        hub_msg_new(topic, payload, (perch_slice){NULL, 0}, q, false, wall_ms(), 0, &m);
 	if (err != PERCH_OK) {
@@ -639,10 +679,15 @@ static int send_or_close(hub_conn *c, const perch_mqtt_packet *p)
 
 static int refuse_connect(hub_conn *c, uint8_t code, const char *reason)
 {
+	static const char *const labels[] = {"",
+	                                     "unacceptable_protocol_version",
+	                                     "identifier_rejected",
+	                                     "server_unavailable",
+	                                     "bad_user_name_or_password",
+	                                     "not_authorized"};
 	perch_mqtt_packet ack = {.type = PERCH_MQTT_CONNACK, .connack = {.return_code = code}};
-	hub_metrics_protocol_error(c->hub->metrics, code == PERCH_MQTT_CONNACK_NOT_AUTHORIZED
-	                                                    ? "not_authorized"
-	                                                    : "identifier_rejected");
+	hub_metrics_protocol_error(
+	        c->hub->metrics, code < sizeof labels / sizeof labels[0] ? labels[code] : "other");
 	if (hub_conn_send_packet(c, &ack) != PERCH_OK)
 		return -1;
 	hub_conn_close_soon(c, "connection refused", reason);
@@ -654,10 +699,10 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 	hub *h = b->h;
 	snprintf(c->client_id, sizeof c->client_id, "%.*s", (int)p->client_id.len,
 	         p->client_id.ptr);
-	if (!h->cfg.allow_anonymous)
-		return refuse_connect(c, PERCH_MQTT_CONNACK_NOT_AUTHORIZED,
-		                      "not authorized (anonymous clients are refused; start the "
-		                      "hub with --allow-anonymous to accept them)");
+	const char *why = NULL;
+	uint8_t code = hub_auth_connect(c, p, &why);
+	if (code != 0)
+		return refuse_connect(c, code, why);
 	if (p->client_id.len > MAX_CLIENT_ID)
 		return refuse_connect(c, PERCH_MQTT_CONNACK_ID_REJECTED, "client id too long");
 	char anon[48];
@@ -745,9 +790,11 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 	/* The connect timeout ends; a keepalive of k s allows 1.5 k s of silence. */
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
 	                p->keep_alive ? (p->keep_alive * 3 + 1) / 2 : 0);
-	PERCH_INFO(LOG_MOD, "connected %s (%s) %s session%s, keepalive %us", c->peer, c->client_id,
-	           s->persistent ? "persistent" : "clean", present ? " resumed" : "",
-	           (unsigned)p->keep_alive);
+	char who[2 * PERCH_DEVICE_ID_MAX + 2];
+	hub_identity_name(&c->ident, who, sizeof who);
+	PERCH_INFO(LOG_MOD, "connected %s (%s) as %s, %s session%s, keepalive %us", c->peer,
+	           c->client_id, who, s->persistent ? "persistent" : "clean",
+	           present ? " resumed" : "", (unsigned)p->keep_alive);
 	deliver(b, s);
 	return 0;
 }
@@ -819,6 +866,14 @@ static int handle_subscribe(hub_broker *b, hub_conn *c, const perch_mqtt_packet 
 	perch_mqtt_filter_iter_init(&it, pkt);
 	while (perch_mqtt_filter_next(&it, &f)) {
 		uint8_t granted = f.qos > 1 ? 1 : f.qos;
+		if (!hub_authz_subscribe(&c->ident, f.filter)) {
+			hub_metrics_denied(b->h->metrics, "subscribe");
+			PERCH_WARN(LOG_MOD, "%s: subscription to %.*s denied: not its own topics",
+			           c->client_id, (int)(f.filter.len > 200 ? 200 : f.filter.len),
+			           f.filter.ptr);
+			cv[i++] = PERCH_MQTT_SUBACK_FAILURE;
+			continue;
+		}
 		perch_err err = session_add_sub(b, s, f.filter, granted);
 		cv[i++] = err == PERCH_OK ? granted : PERCH_MQTT_SUBACK_FAILURE;
 		if (err != PERCH_OK)
@@ -922,6 +977,53 @@ int hub_broker_packet(hub_conn *c, const perch_mqtt_packet *pkt)
 		return 0;
 	default: return 0; /* the decoder refuses the rest on the server side */
 	}
+}
+
+/* session_still_known: may the identity s belongs to still connect? A live
+ * connection says who it is; an offline session is judged by its client id
+ * (a module of this device must still be deployed). */
+static bool session_still_known(const hub *h, const hub_session *s)
+{
+	if (s->conn != NULL)
+		return hub_identity_valid(&h->ids, &s->conn->ident);
+	const char *slash = strchr(s->client_id, '/');
+	if (slash == NULL || (size_t)(slash - s->client_id) != strlen(h->ids.device_id) ||
+	    strncmp(s->client_id, h->ids.device_id, strlen(h->ids.device_id)) != 0)
+		return true;
+	const char *mod = slash + 1;
+	return strcmp(mod, "$edgeAgent") == 0 ||
+	       perch_map_get(&h->ids.modules, perch_slice_cstr(mod)) != NULL;
+}
+
+void hub_broker_identities_changed(hub *h)
+{
+	hub_broker *b = h->broker;
+	if (b == NULL)
+		return;
+	size_t pos = 0, ended = 0;
+	const perch_map_slot *slot;
+	while ((slot = perch_map_next(&b->sessions, &pos)) != NULL) {
+		hub_session *s = slot->value;
+		if (session_still_known(h, s))
+			continue;
+		PERCH_NOTICE(LOG_MOD,
+		             "%s: identity no longer accepted (left the deployment or its key "
+		             "changed): session ended",
+		             s->client_id);
+		hub_conn *c = s->conn;
+		if (c != NULL) {
+			s->conn = NULL;
+			c->session = NULL;
+			tickets_orphan(b, c);
+			hub_conn_close_soon(c, "identity no longer accepted",
+			                    "it left the deployment or its key changed");
+		}
+		session_discard(b, s);
+		ended++;
+		pos = 0; /* the map changed under the iteration: start again */
+	}
+	if (ended > 0)
+		PERCH_NOTICE(LOG_MOD, "%zu sessions ended after an identity change", ended);
 }
 
 void hub_broker_forget(hub_conn *c)
@@ -1110,6 +1212,7 @@ perch_err hub_broker_open(hub *h)
 
 void hub_broker_tick(hub *h)
 {
+	(void)hub_auth_tick(h);
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
 		feed_starved(h->broker);

@@ -16,7 +16,9 @@
 
 #include <libwebsockets.h>
 
+#include "identity.h"
 #include "perch/config.h"
+#include "perch/device.h"
 #include "perch/err.h"
 #include "perch/mqtt.h"
 
@@ -43,6 +45,10 @@ typedef struct hub_settings {
 	uint64_t max_tx_bytes;      /* unsent bytes buffered per connection */
 	int64_t connect_timeout_ms; /* a socket must send CONNECT within this */
 	int sync;                   /* 0 full, 1 normal, 2 off */
+	int64_t auth_skew_ms;       /* tolerated clock difference for tokens */
+	int64_t auth_lifetime_ms;   /* furthest token expiry accepted */
+	char *leaf_devices;         /* JSON file of leaf device identities, or NULL */
+	perch_device_settings device;
 } hub_settings;
 
 extern const perch_cfg_key hub_settings_table[];
@@ -62,6 +68,10 @@ typedef struct hub {
 	struct hub_metrics *metrics;
 	size_t nconns;         /* live MQTT connections (any state) */
 	volatile int stopping; /* set by SIGTERM/SIGINT */
+	volatile int reload;   /* set by SIGHUP: read the identity files again */
+	hub_identities ids;    /* who may connect (auth.c) */
+	int64_t ids_poll_ms;   /* next look at the identity files' mtimes */
+	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
 } hub;
 
 /* --- connections (conn.c) ------------------------------------------------- */
@@ -87,6 +97,7 @@ typedef struct hub_conn {
 	int64_t last_rx_ms;
 	char peer[64];       /* "ip:port" */
 	char client_id[128]; /* for logs, truncated */
+	hub_identity ident;  /* who authenticated (anonymous: no restrictions) */
 	/* Outgoing bytes: [tx_head, tx_len) pending; LWS_PRE bytes of headroom are
 	 * always before tx_head so WebSocket framing can be written in place. */
 	uint8_t *tx;
@@ -118,10 +129,32 @@ size_t hub_conn_pending(const hub_conn *c);
  * written. reason is static text; detail may be NULL. */
 void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail);
 
+/* --- identities (auth.c) ------------------------------------------------------ */
+
+/* hub_auth_open resolves the device id and reads the identity files (each
+ * may be missing yet). PERCH_EINVAL for an unusable device id. */
+PERCH_MUST_USE perch_err hub_auth_open(hub *h);
+void hub_auth_close(hub *h);
+/* hub_auth_tick reads the identity files again after SIGHUP or when one
+ * changed (checked every second); returns true when identities changed. */
+bool hub_auth_tick(hub *h);
+/* hub_auth_connect checks c's CONNECT; 0 to accept (c->ident set), else
+ * the CONNACK code (counted here) with *why a static text for the log. */
+uint8_t hub_auth_connect(hub_conn *c, const perch_mqtt_connect *p, const char **why);
+/* hub_auth_stamp: for a telemetry topic of an authenticated identity, writes
+ * the topic with $.cdid/$.cmid set from the identity into out (cap bytes) and
+ * returns true; false when the topic needs no stamp (anonymous, not
+ * telemetry). *err is set when the topic cannot be stamped. */
+bool hub_auth_stamp(const hub_identity *id, perch_slice topic, char *out, size_t cap,
+                    size_t *out_len, perch_err *err);
+
 /* --- the broker (broker.c) -------------------------------------------------- */
 
 PERCH_MUST_USE perch_err hub_broker_open(hub *h);
 void hub_broker_close(hub *h);
+/* Identities changed: end the connections and sessions of identities the
+ * hub no longer accepts. */
+void hub_broker_identities_changed(hub *h);
 /* One decoded packet from c. Returns -1 to close c now. */
 int hub_broker_packet(hub_conn *c, const perch_mqtt_packet *pkt);
 /* c is gone (closed by either side); abnormal: publish the will. */

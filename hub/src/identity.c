@@ -146,15 +146,22 @@ hub_auth_reason hub_auth_check(const hub_identities *ids, const hub_auth_request
 {
 	memset(out, 0, sizeof *out);
 	*connack = 0;
-	if (!req->has_password && req->cert_cn == NULL) {
+	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
+	bool parsed = split_client_id(req->client_id, dev, mod);
+	hub_ident_kind kind = parsed ? kind_of(ids, dev, mod) : HUB_IDENT_ANONYMOUS;
+	if (!req->has_password && kind == HUB_IDENT_ANONYMOUS) {
+		/* Anonymous when allowed (a client certificate changes nothing) —
+		 * but never under a known identity's client id: that would take
+		 * over its session. */
 		if (req->allow_anonymous)
 			return HUB_AUTH_OK;
-		return refuse(connack, 5, HUB_AUTH_NO_CREDENTIALS);
+		if (req->cert_cn == NULL)
+			return refuse(connack, 5, HUB_AUTH_NO_CREDENTIALS);
 	}
-	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
-	if (!split_client_id(req->client_id, dev, mod))
+	if (!req->has_password && req->cert_cn == NULL)
+		return refuse(connack, 5, HUB_AUTH_NO_CREDENTIALS);
+	if (!parsed)
 		return refuse(connack, 2, HUB_AUTH_BAD_CLIENT_ID);
-	hub_ident_kind kind = kind_of(ids, dev, mod);
 	if (kind == HUB_IDENT_ANONYMOUS)
 		return refuse(connack, 5, HUB_AUTH_UNKNOWN);
 	if (!username_ok(ids, req->username, dev, mod))
@@ -169,7 +176,7 @@ hub_auth_reason hub_auth_check(const hub_identities *ids, const hub_auth_request
 	} else {
 		if (!have_key)
 			return refuse(connack, 3, HUB_AUTH_NO_KEY);
-		char resource[512];
+		char resource[sizeof ids->iothub_host + (size_t)2 * PERCH_DEVICE_ID_MAX + 32];
 		if (mod[0] != '\0')
 			snprintf(resource, sizeof resource, "%s/devices/%s/modules/%s",
 			         ids->iothub_host, dev, mod);
@@ -371,7 +378,7 @@ perch_err hub_identities_load_deployment(hub_identities *ids, const char *text, 
 		goto out;
 	}
 	if (dev != NULL &&
-	    (!json_is_string(dev) || strcmp(json_string_value(dev), ids->device_id))) {
+	    (!json_is_string(dev) || strcmp(json_string_value(dev), ids->device_id) != 0)) {
 		e = bad(err, cap, "deviceId: %.128s is not this hub's device (%s)",
 		        json_is_string(dev) ? json_string_value(dev) : "(not a string)",
 		        ids->device_id);

@@ -182,6 +182,12 @@ static void test_devices_and_anonymous(void **state)
 	        .client_id = perch_slice_cstr("anything"), .allow_anonymous = true, .now = NOW};
 	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_OK);
 	assert_int_equal(id.kind, HUB_IDENT_ANONYMOUS);
+	/* anonymous, but under a known identity's client id: refused */
+	req.client_id = perch_slice_cstr("gw1/filter");
+	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_NO_CREDENTIALS);
+	assert_int_equal(code, 5);
+	req.client_id = perch_slice_cstr("leaf1");
+	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_NO_CREDENTIALS);
 	/* with anonymous allowed, a password is still checked */
 	req.has_password = true;
 	req.password = perch_slice_cstr("nope");

@@ -77,6 +77,16 @@ void hub_metrics_dropped(hub_metrics *m, const char *label, uint64_t n)
 	bump(m->drops, &m->ndrops, sizeof m->drops / sizeof m->drops[0], label, n);
 }
 
+void hub_metrics_auth_refused(hub_metrics *m, const char *label)
+{
+	bump(m->auth, &m->nauth, sizeof m->auth / sizeof m->auth[0], label, 1);
+}
+
+void hub_metrics_denied(hub_metrics *m, const char *label)
+{
+	bump(m->denied, &m->ndenied, sizeof m->denied / sizeof m->denied[0], label, 1);
+}
+
 const char *hub_metrics_reason_label(perch_mqtt_reason r)
 {
 	/* Built once per reason from its text: "PUBLISH topic name contains a
@@ -257,6 +267,11 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	labelled(&t, "perch_hub_protocol_errors_total",
 	         "Connections closed or refused for a protocol violation, by reason.", m->errors,
 	         m->nerrors);
+	labelled(&t, "perch_hub_auth_refused_total",
+	         "CONNECTs refused by authentication, by reason.", m->auth, m->nauth);
+	labelled(&t, "perch_hub_denied_total",
+	         "Publishes and subscriptions an identity was not allowed, by kind.", m->denied,
+	         m->ndenied);
 	if (t.failed) {
 		perch_free(t.p);
 		return PERCH_ENOMEM;

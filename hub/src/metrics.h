@@ -31,6 +31,10 @@ typedef struct hub_metrics {
 	size_t nerrors;
 	hub_metrics_label drops[32];
 	size_t ndrops;
+	hub_metrics_label auth[16]; /* CONNECTs refused, by hub_auth_reason */
+	size_t nauth;
+	hub_metrics_label denied[4]; /* publishes and subscriptions refused */
+	size_t ndenied;
 } hub_metrics;
 
 void hub_metrics_conn_opened(hub_metrics *m);
@@ -42,6 +46,8 @@ void hub_metrics_msg_out(hub_metrics *m, int qos);
 /* label: a static or short snake_case word. */
 void hub_metrics_protocol_error(hub_metrics *m, const char *label);
 void hub_metrics_dropped(hub_metrics *m, const char *label, uint64_t n);
+void hub_metrics_auth_refused(hub_metrics *m, const char *label);
+void hub_metrics_denied(hub_metrics *m, const char *label);
 /* A snake_case label for a decoder reason (static storage, per reason). */
 const char *hub_metrics_reason_label(perch_mqtt_reason r);
 

@@ -51,7 +51,14 @@ const perch_cfg_key hub_settings_table[] = {
          NULL, "time a new connection has to send CONNECT"},
         {"hub.sync", PERCH_CFG_ENUM, 0, 0, "full", F(sync), sync_modes,
          "store durability: full (fsync at every commit), normal, off (tests only)"},
+        {"hub.auth.clock_skew", PERCH_CFG_DURATION, 0, 86400000, "5m", F(auth_skew_ms), NULL,
+         "clock difference tolerated when checking SAS token expiry"},
+        {"hub.auth.max_token_lifetime", PERCH_CFG_DURATION, 60000, 31536000000, "1d",
+         F(auth_lifetime_ms), NULL, "SAS tokens expiring further ahead are refused"},
+        {"hub.leaf_devices", PERCH_CFG_STRING, 0, 1024, NULL, F(leaf_devices), NULL,
+         "JSON file of leaf devices: {\"id\": {\"primaryKey\": \"base64\"}} (mode 0600)"},
+        PERCH_DEVICE_CFG_ROWS(hub_settings, device),
 };
 const size_t hub_settings_count = sizeof hub_settings_table / sizeof hub_settings_table[0];
 
-const char *const hub_foreign_sections[] = {"device", "agent", "cloud", "upstream", NULL};
+const char *const hub_foreign_sections[] = {"agent", "cloud", "upstream", NULL};
