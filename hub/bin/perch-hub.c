@@ -252,6 +252,11 @@ int main(int argc, char **argv)
 		                   "(see above)");
 		goto out;
 	}
+	if (hub_iothub_open(h) != PERCH_OK) {
+		PERCH_ERROR("hub",
+		            "perch-hub cannot start: the twin store is unusable (see above)");
+		goto out;
+	}
 	if (hub_listen_start(h) != PERCH_OK) {
 		PERCH_ERROR("hub",
 		            "perch-hub cannot start: a listener could not be opened (see above)");
@@ -262,6 +267,7 @@ int main(int argc, char **argv)
 	PERCH_NOTICE("hub", "stopping: closing %zu connections and flushing the store", h->nconns);
 out:
 	hub_listen_stop(h);
+	hub_iothub_close(h);
 	hub_broker_close(h);
 	hub_auth_close(h);
 	perch_cfg_free(hub_settings_table, hub_settings_count, &h->cfg);

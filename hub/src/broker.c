@@ -580,8 +580,9 @@ static perch_err set_retained(hub_broker *b, const hub_msg *m, bool *durable)
 	return PERCH_OK;
 }
 
-/* ack_dropped acknowledges a publish the hub refused (so that the client
- * does not send it again forever; the refusal is logged and counted). */
+/* ack_dropped acknowledges a publish the hub does not route: one it refused
+ * (so that the client does not send it again forever; the refusal is logged
+ * and counted) or one iothub.c answered. */
 static int ack_dropped(hub_conn *c, uint8_t qos, uint16_t pid)
 {
 	if (qos == 0 || perch_map_get(&c->hub->broker->tickets, conn_key(&c)) != NULL) {
@@ -606,6 +607,9 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	hub_msg *m;
 	char stamped[PERCH_IOTHUB_MAX_TOPIC + 512];
 	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
+		if (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0 &&
+		    hub_authz_publish(&c->ident, topic) && hub_iothub_publish(c, topic, payload))
+			return ack_dropped(c, qos, pid); /* answered by iothub.c, not routed */
 		if (!hub_authz_publish(&c->ident, topic)) {
 			hub_metrics_denied(b->h->metrics, "publish");
 			PERCH_WARN(
@@ -995,6 +999,19 @@ static bool session_still_known(const hub *h, const hub_session *s)
 	       perch_map_get(&h->ids.modules, perch_slice_cstr(mod)) != NULL;
 }
 
+bool hub_broker_subscribed(const hub_conn *c, perch_slice topic, uint8_t *qos)
+{
+	const hub_session *s = c->session;
+	for (size_t i = 0; s != NULL && i < s->nsubs; i++) {
+		if (perch_topic_match(perch_slice_cstr(s->subs[i].filter), topic)) {
+			if (qos != NULL)
+				*qos = s->subs[i].qos;
+			return true;
+		}
+	}
+	return false;
+}
+
 void hub_broker_identities_changed(hub *h)
 {
 	hub_broker *b = h->broker;
@@ -1024,6 +1041,7 @@ void hub_broker_identities_changed(hub *h)
 	}
 	if (ended > 0)
 		PERCH_NOTICE(LOG_MOD, "%zu sessions ended after an identity change", ended);
+	hub_iothub_identities_changed(h);
 }
 
 void hub_broker_forget(hub_conn *c)
@@ -1034,6 +1052,7 @@ void hub_broker_forget(hub_conn *c)
 	tickets_orphan(b, c);
 	if (c->paused)
 		unpause(b, c);
+	hub_iothub_conn_gone(c);
 }
 
 /*
@@ -1213,6 +1232,7 @@ perch_err hub_broker_open(hub *h)
 void hub_broker_tick(hub *h)
 {
 	(void)hub_auth_tick(h);
+	hub_iothub_tick(h);
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
 		feed_starved(h->broker);

@@ -66,11 +66,12 @@ typedef struct hub {
 	struct lws_context *ctx;
 	struct hub_broker *broker;
 	struct hub_metrics *metrics;
-	size_t nconns;         /* live MQTT connections (any state) */
-	volatile int stopping; /* set by SIGTERM/SIGINT */
-	volatile int reload;   /* set by SIGHUP: read the identity files again */
-	hub_identities ids;    /* who may connect (auth.c) */
-	int64_t ids_poll_ms;   /* next look at the identity files' mtimes */
+	size_t nconns;             /* live MQTT connections (any state) */
+	volatile int stopping;     /* set by SIGTERM/SIGINT */
+	volatile int reload;       /* set by SIGHUP: read the identity files again */
+	hub_identities ids;        /* who may connect (auth.c) */
+	struct hub_iothub *iothub; /* twins and methods (iothub.c) */
+	int64_t ids_poll_ms;       /* next look at the identity files' mtimes */
 	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
 } hub;
 
@@ -148,10 +149,31 @@ uint8_t hub_auth_connect(hub_conn *c, const perch_mqtt_connect *p, const char **
 bool hub_auth_stamp(const hub_identity *id, perch_slice topic, char *out, size_t cap,
                     size_t *out_len, perch_err *err);
 
+/* --- IoT Hub twins and direct methods (iothub.c) ------------------------------
+ * The broker hands every $iothub/... publish of an authenticated identity to
+ * iothub.c, which answers on that connection (twin GET and reported patches,
+ * method responses) instead of routing it. */
+
+struct hub_iothub;
+PERCH_MUST_USE perch_err hub_iothub_open(hub *h);
+void hub_iothub_close(hub *h);
+/* hub_iothub_publish takes a $iothub/... publish from c (authenticated).
+ * Returns true when it handled it (the broker only acknowledges it). */
+bool hub_iothub_publish(hub_conn *c, perch_slice topic, perch_slice payload);
+/* The identities (hub deployment: modules, desired twins) changed. */
+void hub_iothub_identities_changed(hub *h);
+/* c is going away: forget what waits on it. */
+void hub_iothub_conn_gone(hub_conn *c);
+/* Once per loop iteration (timeouts). */
+void hub_iothub_tick(hub *h);
+
 /* --- the broker (broker.c) -------------------------------------------------- */
 
 PERCH_MUST_USE perch_err hub_broker_open(hub *h);
 void hub_broker_close(hub *h);
+/* hub_broker_subscribed: does c's session have a subscription matching
+ * topic? *qos (may be NULL) gets the granted QoS of the first match. */
+bool hub_broker_subscribed(const hub_conn *c, perch_slice topic, uint8_t *qos);
 /* Identities changed: end the connections and sessions of identities the
  * hub no longer accepts. */
 void hub_broker_identities_changed(hub *h);
