@@ -645,8 +645,9 @@ static void test_alloc_failure(void **state)
 	json_decref(j);
 }
 
-/* Routing throughput for the quickstart condition, measured (never
- * asserted: the numbers go to docs/routes.md). */
+/* Routing throughput for the quickstart condition, measured in CPU time
+ * (the machine is shared) and never asserted: the numbers go to
+ * docs/routes.md. */
 static void test_throughput(void **state)
 {
 	(void)state;
@@ -663,21 +664,22 @@ static void test_throughput(void **state)
 	const long n = 200000;
 	struct timespec a, b;
 	long matched = 0;
-	clock_gettime(CLOCK_MONOTONIC, &a);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
 	for (long i = 0; i < n; i++)
 		matched += perch_route_matches(&r, &m);
-	clock_gettime(CLOCK_MONOTONIC, &b);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
 	double s1 = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
 	assert_int_equal(matched, n);
-	clock_gettime(CLOCK_MONOTONIC, &a);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
 	for (long i = 0; i < n; i++)
 		matched += (long)perch_routes_match(t, &m, NULL, NULL, NULL);
-	clock_gettime(CLOCK_MONOTONIC, &b);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
 	double s2 = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
-	print_message("throughput: %s: %.0f msgs/s (%.0f ns each, %zu-byte body)\n",
+	print_message("throughput: %s: %.0f msgs/s of CPU (%.0f ns each, %zu-byte body)\n",
 	              "FROM /messages/* WHERE $body.machine.temperature > 25", (double)n / s1,
 	              s1 / (double)n * 1e9, strlen(body));
-	print_message("throughput: the quickstart table (3 routes): %.0f msgs/s\n", (double)n / s2);
+	print_message("throughput: the quickstart table (3 routes): %.0f msgs/s of CPU\n",
+	              (double)n / s2);
 	perch_route_table_free(t);
 	perch_route_clear(&r);
 }
