@@ -431,6 +431,19 @@ static rval call(rctx *c, rfn fn, const rval *v, size_t n)
 
 /* --- the walk ------------------------------------------------------------- */
 
+static rval eval(rctx *c, const struct perch_route_cond *cond, uint32_t i);
+
+/* A call's arguments live in its own frame, so that the frames of other
+ * nodes stay small: recursion is PERCH_ROUTE_MAX_DEPTH deep at most. */
+__attribute__((noinline)) static rval eval_call(rctx *c, const struct perch_route_cond *cond,
+                                                const rnode *n)
+{
+	rval v[PERCH_ROUTE_MAX_ARGS];
+	for (uint32_t k = 0; k < n->b; k++)
+		v[k] = eval(c, cond, cond->args[n->a + k]);
+	return call(c, (rfn)n->sub, v, n->b);
+}
+
 /* Recursion is bounded by PERCH_ROUTE_MAX_DEPTH, the tree's height. */
 static rval eval(rctx *c, const struct perch_route_cond *cond, uint32_t i)
 {
@@ -461,12 +474,7 @@ static rval eval(rctx *c, const struct perch_route_cond *cond, uint32_t i)
 		rval v = eval(c, cond, n->a);
 		return v.t == V_BOOL ? vbool(!v.b) : UNDEF;
 	}
-	case N_CALL: {
-		rval v[PERCH_ROUTE_MAX_ARGS];
-		for (uint32_t k = 0; k < n->b; k++)
-			v[k] = eval(c, cond, cond->args[n->a + k]);
-		return call(c, (rfn)n->sub, v, n->b);
-	}
+	case N_CALL: return eval_call(c, cond, n);
 	case N_BIN: break;
 	}
 	rbin op = (rbin)n->sub;
