@@ -10,11 +10,13 @@
  *
  * Whoever connects is still checked: the caller's pid (SO_PEERCRED, as the
  * kernel reports it in the agent's pid namespace) must be in the module's
- * container — its pid namespace must be the one of the container's init
- * (State.Pid, recorded at each reconcile and looked up again, at most once
- * a second, when it does not match). For a container that shares the host's
- * pid namespace, the caller's cgroup must also name the container. A sign
- * request must name the socket's own module and its current generation id.
+ * container — its cgroup (/proc/PID/cgroup, readable without privileges)
+ * must name the container, and its pid namespace must be the one of the
+ * container's init (State.Pid, recorded at each reconcile and looked up
+ * again, at most once a second, when it does not match) whenever the agent
+ * may read namespaces (CAP_SYS_PTRACE, which the hardened unit does not
+ * grant). A sign request must name the socket's own module and its current
+ * generation id.
  * Every refusal is logged (never a key) and counted by reason.
  *
  * Bounds: one request per connection; a connection has WL_DEADLINE_MS from
@@ -83,7 +85,6 @@ typedef struct wl_conn {
 
 struct agent_wl {
 	char base[AGENT_PATH_MAX]; /* absolute DATA_DIR/workload */
-	char self_ns[WL_NS_MAX];   /* the agent's own pid namespace */
 	wl_listener ls[AGENT_MANIFEST_MAX_MODULES];
 	wl_conn conns[WL_MAX_CONNS];
 	uint64_t signed_n, bundles_n;
@@ -109,17 +110,20 @@ perch_err agent_workload_dir(const agent *a, const char *module, char *buf, size
 	return n < 0 || (size_t)n >= cap ? PERCH_ETOOBIG : PERCH_OK;
 }
 
-static bool ns_of(long pid, char *out, size_t cap)
+/* ns_of reads the pid namespace of pid ("pid:[4026531836]"): 1 done, 0 no
+ * such process, -1 the agent may not look (it lacks CAP_SYS_PTRACE, as
+ * under the hardened systemd unit, and the process is another user's). */
+static int ns_of(long pid, char *out, size_t cap)
 {
 	char path[64];
 	if (pid <= 0)
-		return false;
+		return 0;
 	snprintf(path, sizeof path, "/proc/%ld/ns/pid", pid);
 	ssize_t n = readlink(path, out, cap - 1);
 	if (n <= 0)
-		return false;
+		return errno == EACCES || errno == EPERM ? -1 : 0;
 	out[n] = '\0';
-	return true;
+	return 1;
 }
 
 perch_err agent_workload_open(agent *a)
@@ -148,8 +152,6 @@ perch_err agent_workload_open(agent *a)
 		perch_free(wl);
 		return perch_err_from_errno(e);
 	}
-	if (!ns_of((long)getpid(), wl->self_ns, sizeof wl->self_ns))
-		wl->self_ns[0] = '\0';
 	a->wl = wl;
 	return PERCH_OK;
 }
@@ -353,41 +355,44 @@ static bool cgroup_names(long pid, const char *id)
 	return id[0] != '\0' && strstr(buf, id) != NULL;
 }
 
-/* in_container: is the caller's pid in m's container? *why says why not. */
+/* in_container: is the caller's pid in m's container? Its cgroup must name
+ * the container; and its pid namespace must be the one of the container's
+ * init, when the agent may read namespaces. *why says why not. */
 static bool in_container(agent *a, agent_mod *m, long pid, const char **why)
 {
 	char cns[WL_NS_MAX], mns[WL_NS_MAX];
+	*why = "the caller is not in the module's container";
 	if (m->id[0] == '\0') {
 		*why = "the module has no container";
 		return false;
 	}
-	if (!ns_of(pid, cns, sizeof cns)) {
-		*why = "the caller's process is gone or unknown";
+	if (!cgroup_names(pid, m->id))
+		return false;
+	int r = ns_of(pid, cns, sizeof cns);
+	if (r < 0)
+		return true; /* not allowed to look: the cgroup decides */
+	if (r == 0) {
+		*why = "the caller's process is gone";
 		return false;
 	}
 	bool looked = false;
 	for (;;) {
-		if (ns_of(m->pid, mns, sizeof mns) && strcmp(mns, cns) == 0) {
-			/* A container in the host's pid namespace: its cgroup decides. */
-			if (strcmp(mns, a->wl->self_ns) == 0 && !cgroup_names(pid, m->id)) {
-				*why = "the caller is not in the module's container";
-				return false;
-			}
+		r = ns_of(m->pid, mns, sizeof mns);
+		if (r < 0)
 			return true;
-		}
+		if (r > 0 && strcmp(mns, cns) == 0)
+			return true;
 		int64_t now = mono_ms();
 		if (looked || a->docker == NULL || now - m->pid_checked_ms < WL_INSPECT_MS)
-			break;
+			return false;
 		/* The container may have been restarted since the last reconcile. */
 		looked = true;
 		m->pid_checked_ms = now;
 		agent_docker_state st;
 		if (agent_docker_inspect(a->docker, m->id, &st, NULL) != PERCH_OK)
-			break;
+			return false;
 		m->pid = st.running ? st.pid : 0;
 	}
-	*why = "the caller is not in the module's container";
-	return false;
 }
 
 static void handle(agent *a, wl_conn *c, const agent_wl_request *req)

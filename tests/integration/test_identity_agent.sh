@@ -18,17 +18,19 @@
 #     data) computed on the host from the device key file (sastool derive);
 #     a signature for B -> 403; a stale generation id -> 403; the trust
 #     bundle is ca.pem
-#   - the Azure IoT Node SDK's IotEdgeAuthenticationProvider (run by nsenter
-#     in A's pid namespace) gets the trust bundle and a SAS token that
-#     sastool verifies with A's key
+#   - the Azure IoT Node SDK's IotEdgeAuthenticationProvider (run, as
+#     `docker exec` would run it, in A's cgroups and by nsenter in A's pid
+#     namespace) gets the trust bundle and a SAS token that sastool verifies
+#     with A's key
 #   - a process on the host connecting to A's socket -> 403; a client that
 #     sends nothing holds no one up and gets 408; a too large head -> 431
 #   - the hub deployment file (0640): deviceId, both modules with the
 #     generation ids their containers have, the $edgeHub routes, A's twin
 #   - the refusals are counted in `perch-agent status --json`
 #   - B removed: its socket directory goes, A is untouched; B deployed
-#     again: a new generation id, a new socket; the agent restarted: the
-#     same generation ids, nothing recreated, A signs again
+#     again: a new generation id, a new socket; the agent restarted as root
+#     without capabilities (like the systemd unit): the same generation ids,
+#     nothing recreated, A signs again, the host is still refused
 # Removes only what it created (label perch.instance=ident-$$).
 #
 # Run by tests/run.sh (PERCH_ROOT = repo root, O = build dir);
@@ -200,9 +202,11 @@ JSON
 	mv "$file.new" "$file"
 }
 
-start_agent() { # LOG
-	"$agent_bin" --config "$tmp/config.yaml" --data-dir "$tmp/agent" --no-hub \
-		--manifest "$tmp/dep.json" >"$1" 2>&1 &
+start_agent() { # LOG [WRAPPER...]
+	local log=$1
+	shift
+	"$@" "$agent_bin" --config "$tmp/config.yaml" --data-dir "$tmp/agent" --no-hub \
+		--manifest "$tmp/dep.json" >"$log" 2>&1 &
 	agent_pid=$!
 }
 status_json() { timeout 15 "$agent_bin" status --config "$tmp/config.yaml" --data-dir "$tmp/agent" --json; }
@@ -225,6 +229,21 @@ cid() { docker inspect -f '{{.Id}}' "$1"; }
 # wl MODULE METHOD PATH [BODY]: a request from inside the module's container.
 wl() { local m=$1; shift; timeout 10 docker exec "$m" /wl "$@"; }
 status_of() { head -n1 | cut -d' ' -f2; }
+# in_cgroups_of PID CMD...: run CMD in the cgroups of process PID, as the
+# processes `docker exec` starts are (the agent checks a caller's cgroup).
+in_cgroups_of() {
+	local pid=$1
+	shift
+	bash -c 'while IFS=: read -r _ ctrl path; do
+		case $ctrl in
+		"") d=/sys/fs/cgroup/unified; [ -d "$d" ] || d=/sys/fs/cgroup ;;
+		name=systemd) d=/sys/fs/cgroup/systemd ;;
+		*) d=/sys/fs/cgroup/$ctrl ;;
+		esac
+		[ -w "$d$path/cgroup.procs" ] && echo $$ >"$d$path/cgroup.procs" 2>/dev/null
+	done <"/proc/$0/cgroup"
+	exec "$@"' "$pid" "$@"
+}
 body_of() { sed -n '/^\r$/,$p' | tail -n +2; }
 
 manifest "$tmp/dep.json" "$ma" "$mb"
@@ -323,23 +342,26 @@ p.getTrustBundle((err, ca) => {
 	});
 });
 EOF
-NODE_PATH=$root/tests/node_modules timeout 30 nsenter -t "$pid_a" -p -- node "$tmp/sdk.js" \
+NODE_PATH=$root/tests/node_modules in_cgroups_of "$pid_a" timeout 30 nsenter -t "$pid_a" -p -- node "$tmp/sdk.js" \
 	"unix://$sock_a" "$dev" "$ma" "$ga" >"$tmp/sdk-ca.pem" 2>"$tmp/sdk-token" ||
 	fail "the Node SDK in $ma's pid namespace: $(cat "$tmp/sdk-token")"
 cmp -s "$tmp/sdk-ca.pem" "$certs/ca.pem" || fail "the SDK's trust bundle is not ca.pem"
 "$sastool" verify --resource "hub.example.net/devices/$dev/modules/$ma" --key-file "$tmp/key-a" \
 	<"$tmp/sdk-token" >"$tmp/verify.out" || fail "sastool refuses the SDK's token: $(cat "$tmp/verify.out")"
-ok "azure-iot-device's IotEdgeAuthenticationProvider (in $ma's pid namespace) got the trust bundle and a SAS token that verifies with $ma's key"
+ok "azure-iot-device's IotEdgeAuthenticationProvider (in $ma's cgroups and pid namespace) got the trust bundle and a SAS token that verifies with $ma's key"
 
 # --- callers outside the container -----------------------------------------------------------
-/usr/bin/python3 - "$sock_a" "$ma" "$ga" "$sign_body" >"$tmp/r5" <<'EOF'
+# host_sign SOCKET: a sign request for A from this (host) process.
+host_sign() {
+	/usr/bin/python3 -c '
 import socket, sys
 path, mod, gen, body = sys.argv[1:]
 s = socket.socket(socket.AF_UNIX); s.connect(path)
 s.sendall(("POST /modules/%s/genid/%s/sign?api-version=2019-01-30 HTTP/1.1\r\nHost: x\r\n"
            "Content-Length: %d\r\n\r\n%s" % (mod, gen, len(body), body)).encode())
-print(s.recv(65536).decode())
-EOF
+print(s.recv(65536).decode())' "$1" "$ma" "$ga" "$sign_body"
+}
+host_sign "$sock_a" >"$tmp/r5"
 [ "$(status_of <"$tmp/r5")" = 403 ] || fail "a host process got: $(cat "$tmp/r5")"
 grep -q "not in the module's container" "$tmp/r5" || fail "403 without the reason: $(cat "$tmp/r5")"
 ok "a process on the host connecting to $ma's socket -> 403 (not in the module's container)"
@@ -413,11 +435,17 @@ ok "$mb removed (socket dir gone, $ma untouched) and deployed again: new generat
 id_b=$(cid "$mb")
 stop_agent || fail "agent exit status"
 [ ! -S "$sock_a" ] || fail "the socket stays after the agent stopped"
-start_agent "$tmp/agent2.log"
+# Restarted as the hardened systemd unit runs it: root without capabilities
+# (it may not read other users' /proc/PID/ns: the cgroup check decides).
+start_agent "$tmp/agent2.log" setpriv --bounding-set=-all --inh-caps=-all
 wait_for 30 "$ma's socket back" test -S "$sock_a"
+[ "$(sed -n 's/^CapEff:\t*//p' "/proc/$agent_pid/status")" = 0000000000000000 ] ||
+	fail "the agent kept capabilities: $(grep Cap "/proc/$agent_pid/status")"
 wait_for 30 "$ma running after the restart" is_running "$ma"
 [ "$(cid "$ma")" = "$id_a" ] && [ "$(cid "$mb")" = "$id_b" ] || fail "a container was recreated by the restart"
 wl "$ma" POST "/modules/$ma/genid/$ga/sign?api-version=2019-01-30" "$sign_body" >"$tmp/r7"
 [ "$(status_of <"$tmp/r7")" = 200 ] || fail "sign after the agent's restart: $(cat "$tmp/r7")"
+host_sign "$sock_a" >"$tmp/r8"
+[ "$(status_of <"$tmp/r8")" = 403 ] || fail "without capabilities, a host process got: $(cat "$tmp/r8")"
 grep -q "made a new device key\|made a new device CA" "$tmp/agent2.log" && fail "key or CA made again on restart"
-ok "agent restarted: same generation ids, nothing recreated, key and CA kept, $ma signs again through its mount"
+ok "agent restarted without capabilities: same generation ids, nothing recreated, key and CA kept; $ma signs again through its mount, a host process is still refused"
