@@ -103,8 +103,12 @@ listeners="\"mqtt://127.0.0.1:$MQTT_PORT\", \"ws://127.0.0.1:$WS_PORT\""
 umask 077
 cat >"$dev/config.yaml" <<YAML
 # Written by deploy/run.sh for the demo device.
+device:
+  id: $DEVICE
+  key_file: $dev/device.key
+  certs_dir: $dev/certs
+  hub_deployment: $dev/hub-deployment.json
 agent:
-  device_id: $DEVICE
   instance: $INSTANCE
   data_dir: $dev/agent
   manifest: $dev/deployment.json
