@@ -88,7 +88,8 @@ typedef struct perch_route_error {
 } perch_route_error;
 
 /* The errors of one table: count says how many were found, the first
- * PERCH_ROUTE_MAX_ERRORS of them are kept (in route name order). */
+ * PERCH_ROUTE_MAX_ERRORS of them are kept: errors of the table itself and of
+ * route names first, then those of the routes in name order. */
 typedef struct perch_route_errors {
 	size_t count;
 	perch_route_error item[PERCH_ROUTE_MAX_ERRORS];
