@@ -252,6 +252,10 @@ int main(int argc, char **argv)
 		                   "(see above)");
 		goto out;
 	}
+	if (hub_router_open(h) != PERCH_OK) {
+		PERCH_ERROR("hub", "perch-hub cannot start: out of memory");
+		goto out;
+	}
 	if (hub_iothub_open(h) != PERCH_OK) {
 		PERCH_ERROR("hub",
 		            "perch-hub cannot start: the twin store is unusable (see above)");
@@ -268,6 +272,7 @@ int main(int argc, char **argv)
 out:
 	hub_listen_stop(h);
 	hub_iothub_close(h);
+	hub_router_close(h);
 	hub_broker_close(h);
 	hub_auth_close(h);
 	perch_cfg_free(hub_settings_table, hub_settings_count, &h->cfg);

@@ -45,7 +45,8 @@ typedef struct mem_entry {
 typedef struct inflight {
 	uint16_t pid;
 	uint64_t seq;
-	bool resend; /* sent on an earlier connection: resend with this pid */
+	hub_queue *q; /* a routed input queue it came from; NULL: the session's stream */
+	bool resend;  /* sent on an earlier connection: resend with this pid */
 } inflight;
 
 typedef struct sub_rec {
@@ -72,7 +73,12 @@ typedef struct hub_session {
 	size_t nsubs, capsubs;
 	uint64_t match_gen; /* routing: last publish that matched this session */
 	uint8_t match_qos;
-	hub_msg *will; /* published on abnormal disconnect */
+	hub_msg *will;   /* published on abnormal disconnect */
+	bool identity;   /* its client id is an identity the hub knows */
+	hub_queue **inq; /* a module's routed inputs "r/<module>/<input>" (store's) */
+	size_t ninq, capinq;
+	size_t inq_next;   /* round robin among them */
+	char *input_topic; /* "devices/{d}/modules/{m}/inputs/", or NULL */
 } hub_session;
 
 /* A publisher's PUBACK (or PUBREC) waiting for durability. */
@@ -217,7 +223,49 @@ static perch_err stream_push(hub_broker *b, hub_session *s, hub_msg *m, bool *du
 	return PERCH_OK;
 }
 
-static perch_err stream_next(hub_session *s, hub_qentry *out)
+/* input_wanted: is s subscribed to what input queue q delivers? */
+static bool input_wanted(const hub_session *s, const hub_queue *q)
+{
+	/* "r/<module>/<input>" delivers on devices/{d}/modules/{m}/inputs/<input>/ */
+	const char *name = hub_queue_name(q);
+	const char *input = strchr(name + 2, '/');
+	if (s->input_topic == NULL || input == NULL)
+		return false;
+	char topic[1024];
+	snprintf(topic, sizeof topic, "%s%s/x", s->input_topic, input + 1);
+	for (size_t i = 0; i < s->nsubs; i++)
+		if (perch_topic_match(perch_slice_cstr(s->subs[i].filter), perch_slice_cstr(topic)))
+			return true;
+	return false;
+}
+
+static perch_err own_next(hub_session *s, hub_qentry *out);
+
+/* stream_next hands out the next entry for s: its own stream first, then
+ * its routed inputs in turn; *from says which input queue (NULL: its own). */
+static perch_err stream_next(hub_session *s, hub_qentry *out, hub_queue **from)
+{
+	*from = NULL;
+	perch_err err = own_next(s, out);
+	if (err != PERCH_ENOENT)
+		return err;
+	for (size_t k = 0; k < s->ninq; k++) {
+		size_t i = (s->inq_next + k) % s->ninq;
+		if (!input_wanted(s, s->inq[i]))
+			continue;
+		err = hub_queue_next(s->inq[i], wall_ms(), out);
+		if (err == PERCH_ENOENT)
+			continue;
+		if (err == PERCH_OK) {
+			*from = s->inq[i];
+			s->inq_next = (i + 1) % s->ninq;
+		}
+		return err;
+	}
+	return PERCH_ENOENT;
+}
+
+static perch_err own_next(hub_session *s, hub_qentry *out)
 {
 	if (s->persistent)
 		return hub_queue_next(s->queue, wall_ms(), out);
@@ -232,8 +280,15 @@ static perch_err stream_next(hub_session *s, hub_qentry *out)
 	return PERCH_ENOENT;
 }
 
-static void stream_ack(hub_session *s, uint64_t seq)
+static void stream_ack(hub_session *s, uint64_t seq, hub_queue *from)
 {
+	if (from != NULL) {
+		perch_err err = hub_queue_ack(from, seq);
+		if (err != PERCH_OK && err != PERCH_ENOENT)
+			PERCH_WARN(LOG_MOD, "%s: ack not recorded: %s", s->client_id,
+			           perch_strerror(err));
+		return;
+	}
 	if (s->persistent) {
 		perch_err err = hub_queue_ack(s->queue, seq);
 		if (err != PERCH_OK && err != PERCH_ENOENT)
@@ -273,6 +328,8 @@ static void session_free(hub_broker *b, hub_session *s)
 	perch_free(s->mem);
 	perch_free(s->infl);
 	hub_msg_unref(s->will);
+	perch_free(s->inq);
+	perch_free(s->input_topic);
 	perch_free(s->client_id);
 	perch_free(s);
 }
@@ -369,11 +426,19 @@ static uint16_t alloc_pid(hub_session *s)
  */
 static void starve(hub_broker *b, hub_session *s)
 {
-	if (!s->persistent || s->starved)
+	if (s->starved || (!s->persistent && s->ninq == 0))
 		return;
+	uint64_t depth = 0;
 	hub_queue_stats qs;
-	hub_queue_get_stats(s->queue, &qs);
-	if (qs.depth <= s->ninfl)
+	if (s->persistent) {
+		hub_queue_get_stats(s->queue, &qs);
+		depth += qs.depth;
+	}
+	for (size_t i = 0; i < s->ninq; i++) {
+		hub_queue_get_stats(s->inq[i], &qs);
+		depth += qs.depth;
+	}
+	if (depth <= s->ninfl)
 		return;
 	hub_session **n =
 	        perch_grow(b->starved, b->nstarved, &b->capstarved, sizeof(hub_session *), 16);
@@ -430,7 +495,8 @@ static void deliver(hub_broker *b, hub_session *s)
 		if (s->nresend == 0 && s->ninfl >= max)
 			return;
 		hub_qentry e;
-		perch_err err = stream_next(s, &e);
+		hub_queue *from = NULL;
+		perch_err err = stream_next(s, &e, &from);
 		if (err == PERCH_ENOENT) {
 			if (s->nresend > 0)
 				purge_resend(s);
@@ -444,9 +510,9 @@ static void deliver(hub_broker *b, hub_session *s)
 		}
 		inflight *slot = NULL;
 		for (size_t i = 0; i < s->ninfl && s->nresend > 0 && slot == NULL; i++)
-			if (s->infl[i].resend && s->infl[i].seq == e.seq)
+			if (s->infl[i].resend && s->infl[i].seq == e.seq && s->infl[i].q == from)
 				slot = &s->infl[i];
-		bool dup = e.dup || e.seq < s->dup_before;
+		bool dup = e.dup || (from == NULL && e.seq < s->dup_before);
 		if (slot != NULL) {
 			slot->resend = false;
 			s->nresend--;
@@ -455,7 +521,7 @@ static void deliver(hub_broker *b, hub_session *s)
 			if (s->nresend > 0)
 				purge_resend(s); /* the ones left were not handed out again */
 			slot = &s->infl[s->ninfl++];
-			*slot = (inflight){alloc_pid(s), e.seq, false};
+			*slot = (inflight){alloc_pid(s), e.seq, from, false};
 		}
 		if (send_publish(c, e.msg, 1, slot->pid, dup, e.msg->retain) != PERCH_OK) {
 			hub_conn_close_soon(c, "out of memory", NULL);
@@ -494,12 +560,14 @@ static void on_match(void *who, uint8_t qos, void *arg)
 }
 
 /*
- * route delivers m to every matching session. *durable is set when some
+ * route delivers m to every matching session (skip_identities: only to
+ * anonymous ones — a message an identity sent reaches identities only
+ * through the routes). *durable is set when some
  * persistent queue took it (the publisher's PUBACK must wait). Returns
  * PERCH_ENOSPC when the store refused it for a persistent subscriber (the
  * publisher must not be acknowledged), PERCH_OK otherwise.
  */
-static perch_err route(hub_broker *b, hub_msg *m, bool *durable)
+static perch_err route(hub_broker *b, hub_msg *m, bool *durable, bool skip_identities)
 {
 	b->match_gen++;
 	b->nmatched = 0;
@@ -508,6 +576,8 @@ static perch_err route(hub_broker *b, hub_msg *m, bool *durable)
 	perch_err result = b->match_failed ? PERCH_ENOMEM : PERCH_OK;
 	for (size_t i = 0; i < b->nmatched; i++) {
 		hub_session *s = b->matched[i];
+		if (skip_identities && s->identity)
+			continue; /* identities get what routes send them, on their inputs */
 		uint8_t qos = m->qos < s->match_qos ? m->qos : s->match_qos;
 		if (qos == 0) {
 			if (s->conn == NULL || s->conn->state != HUB_CONN_ACTIVE)
@@ -640,8 +710,17 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	bool durable = false;
 	if (retain)
 		err = set_retained(b, m, &durable);
+	bool telemetry = false;
+	if (err == PERCH_OK && c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
+		perch_iothub_topic t;
+		telemetry =
+		        perch_iothub_topic_parse(m->topic, &t, NULL) == PERCH_OK &&
+		        (t.kind == PERCH_IOTHUB_TELEMETRY || t.kind == PERCH_IOTHUB_MODULE_OUTPUT);
+		if (telemetry)
+			err = hub_router_route(b->h, &c->ident, m, &durable);
+	}
 	if (err == PERCH_OK)
-		err = route(b, m, &durable);
+		err = route(b, m, &durable, telemetry);
 	hub_msg_unref(m);
 	if (c == NULL)
 		return 0;
@@ -670,6 +749,67 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	if (hub_conn_send_packet(c, &ack) != PERCH_OK)
 		hub_conn_close_soon(c, "out of memory", NULL);
 	return 0;
+}
+
+/* --- routed inputs ----------------------------------------------------------- */
+
+static void attach_input(hub_session *s, hub_queue *q)
+{
+	for (size_t i = 0; i < s->ninq; i++)
+		if (s->inq[i] == q)
+			return;
+	hub_queue **n = perch_grow(s->inq, s->ninq, &s->capinq, sizeof(hub_queue *), 4);
+	if (n == NULL) {
+		PERCH_WARN(LOG_MOD, "%s: out of memory: input %s not delivered until it reconnects",
+		           s->client_id, hub_queue_name(q));
+		return;
+	}
+	s->inq = n;
+	s->inq[s->ninq++] = q;
+	hub_queue_rewind(q); /* what an earlier session was handed goes out again */
+}
+
+typedef struct bind_ctx {
+	hub_session *s;
+	char prefix[PERCH_DEVICE_ID_MAX + 8];
+	size_t n;
+} bind_ctx;
+
+static void bind_one(void *arg, hub_queue *q)
+{
+	bind_ctx *x = arg;
+	if (strncmp(hub_queue_name(q), x->prefix, x->n) == 0)
+		attach_input(x->s, q);
+}
+
+/* bind_inputs marks s as an identity's session and, for a module, attaches
+ * the queues of its routed inputs. */
+static void bind_inputs(hub_broker *b, hub_session *s, const hub_identity *id)
+{
+	s->identity = id->kind != HUB_IDENT_ANONYMOUS;
+	if (id->kind != HUB_IDENT_MODULE)
+		return;
+	if (s->input_topic == NULL) {
+		char t[2 * PERCH_DEVICE_ID_MAX + 40];
+		snprintf(t, sizeof t, "devices/%s/modules/%s/inputs/", id->device, id->module);
+		s->input_topic = perch_strdup(t);
+	}
+	bind_ctx x = {.s = s};
+	snprintf(x.prefix, sizeof x.prefix, "r/%s/", id->module);
+	x.n = strlen(x.prefix);
+	hub_store_queue_each(b->store, bind_one, &x);
+}
+
+void hub_broker_input_added(hub *h, const char *module, hub_queue *q)
+{
+	hub_broker *b = h->broker;
+	char cid[2 * PERCH_DEVICE_ID_MAX + 2];
+	snprintf(cid, sizeof cid, "%s/%s", h->ids.device_id, module);
+	hub_session *s = perch_map_get(&b->sessions, perch_slice_cstr(cid));
+	if (s == NULL || !s->identity || s->input_topic == NULL)
+		return; /* it waits in its queue for the module's session */
+	attach_input(s, q);
+	deliver(b, s);
 }
 
 /* --- packets ------------------------------------------------------------- */
@@ -785,6 +925,7 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 	}
 	s->conn = c;
 	c->session = s;
+	bind_inputs(b, s, &c->ident);
 	c->keepalive = p->keep_alive;
 	c->state = HUB_CONN_ACTIVE;
 	perch_mqtt_packet ack = {.type = PERCH_MQTT_CONNACK,
@@ -932,11 +1073,12 @@ static int handle_puback(hub_broker *b, hub_conn *c, uint16_t pid)
 		if (s->infl[i].pid != pid)
 			continue;
 		uint64_t seq = s->infl[i].seq;
+		hub_queue *from = s->infl[i].q;
 		if (s->infl[i].resend)
 			s->nresend--;
 		memmove(&s->infl[i], &s->infl[i + 1], (s->ninfl - i - 1) * sizeof s->infl[0]);
 		s->ninfl--;
-		stream_ack(s, seq);
+		stream_ack(s, seq, from);
 		deliver(b, s);
 		return 0;
 	}
@@ -1041,6 +1183,7 @@ void hub_broker_identities_changed(hub *h)
 	}
 	if (ended > 0)
 		PERCH_NOTICE(LOG_MOD, "%zu sessions ended after an identity change", ended);
+	hub_router_reload(h);
 	hub_iothub_identities_changed(h);
 }
 
@@ -1067,6 +1210,8 @@ static void session_detach(hub_session *s)
 	s->nresend = s->ninfl;
 	if (s->persistent)
 		hub_queue_rewind(s->queue);
+	for (size_t i = 0; i < s->ninq; i++)
+		hub_queue_rewind(s->inq[i]);
 }
 
 void hub_broker_disconnected(hub_conn *c, bool abnormal)
@@ -1144,12 +1289,16 @@ static perch_err load_session(void *arg, const char *client_id, int64_t created,
 	(void)created;
 	(void)seen;
 	hub_session *s;
-	perch_err err = session_new(arg, client_id, true, &s);
+	hub_broker *b = arg;
+	perch_err err = session_new(b, client_id, true, &s);
 	if (err == PERCH_OK) {
 		/* Whether these were sent before the restart is unknown: mark DUP. */
 		hub_queue_stats qs;
 		hub_queue_get_stats(s->queue, &qs);
 		s->dup_before = qs.next_seq;
+		hub_identity id;
+		if (hub_identities_knows(&b->h->ids, client_id, &id))
+			bind_inputs(b, s, &id);
 	}
 	return err;
 }

@@ -71,6 +71,7 @@ typedef struct hub {
 	volatile int reload;       /* set by SIGHUP: read the identity files again */
 	hub_identities ids;        /* who may connect (auth.c) */
 	struct hub_iothub *iothub; /* twins and methods (iothub.c) */
+	struct hub_router *router; /* routes (router.c) */
 	int64_t ids_poll_ms;       /* next look at the identity files' mtimes */
 	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
 } hub;
@@ -167,7 +168,27 @@ void hub_iothub_conn_gone(hub_conn *c);
 /* Once per loop iteration (timeouts). */
 void hub_iothub_tick(hub *h);
 
+/* --- routes (router.c) ---------------------------------------------------------- */
+
+struct hub_msg;
+struct hub_queue;
+struct hub_store;
+PERCH_MUST_USE perch_err hub_router_open(hub *h);
+void hub_router_close(hub *h);
+/* hub_router_reload rebuilds the route table when the $edgeHub section of
+ * the hub deployment changed (a table that does not build is refused). */
+void hub_router_reload(hub *h);
+/* hub_router_route routes m (telemetry or a module output, stamped) from
+ * identity id into the sink queues; *durable is set when a queue took it.
+ * Returns PERCH_ENOSPC (or another error) when a sink did not take it. */
+PERCH_MUST_USE perch_err hub_router_route(hub *h, const hub_identity *id, struct hub_msg *m,
+                                          bool *durable);
+
 /* --- the broker (broker.c) -------------------------------------------------- */
+
+/* hub_broker_input_added: q (a queue "r/<module>/<input>") took a message
+ * for module: hand it to the module's session if it is there. */
+void hub_broker_input_added(hub *h, const char *module, struct hub_queue *q);
 
 PERCH_MUST_USE perch_err hub_broker_open(hub *h);
 void hub_broker_close(hub *h);

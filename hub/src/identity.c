@@ -224,6 +224,23 @@ bool hub_identity_valid(const hub_identities *ids, const hub_identity *id)
 	return ok;
 }
 
+bool hub_identities_knows(const hub_identities *ids, const char *client_id, hub_identity *out)
+{
+	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
+	if (!split_client_id(perch_slice_cstr(client_id), dev, mod))
+		return false;
+	hub_ident_kind kind = kind_of(ids, dev, mod);
+	if (kind == HUB_IDENT_ANONYMOUS)
+		return false;
+	if (out != NULL) {
+		memset(out, 0, sizeof *out);
+		out->kind = kind;
+		snprintf(out->device, sizeof out->device, "%s", dev);
+		snprintf(out->module, sizeof out->module, "%s", mod);
+	}
+	return true;
+}
+
 void hub_identity_name(const hub_identity *id, char *out, size_t cap)
 {
 	if (id->kind == HUB_IDENT_ANONYMOUS)

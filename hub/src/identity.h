@@ -98,6 +98,10 @@ bool hub_authz_subscribe(const hub_identity *id, perch_slice filter);
 /* hub_identity_valid: is id still accepted by ids (still known, same key)? */
 bool hub_identity_valid(const hub_identities *ids, const hub_identity *id);
 
+/* hub_identities_knows: does client_id name an identity ids accepts? On
+ * true, *out (may be NULL) describes it (no key fingerprint). */
+bool hub_identities_knows(const hub_identities *ids, const char *client_id, hub_identity *out);
+
 /* hub_identity_name writes "d" or "d/m" (or "anonymous") for logs. */
 void hub_identity_name(const hub_identity *id, char *out, size_t cap);
 

@@ -82,6 +82,11 @@ void hub_metrics_auth_refused(hub_metrics *m, const char *label)
 	bump(m->auth, &m->nauth, sizeof m->auth / sizeof m->auth[0], label, 1);
 }
 
+void hub_metrics_routed(hub_metrics *m, const char *label)
+{
+	bump(m->routed, &m->nrouted, sizeof m->routed / sizeof m->routed[0], label, 1);
+}
+
 void hub_metrics_denied(hub_metrics *m, const char *label)
 {
 	bump(m->denied, &m->ndenied, sizeof m->denied / sizeof m->denied[0], label, 1);
@@ -269,6 +274,10 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	         m->nerrors);
 	labelled(&t, "perch_hub_auth_refused_total",
 	         "CONNECTs refused by authentication, by reason.", m->auth, m->nauth);
+	labelled(&t, "perch_hub_routed_total",
+	         "Messages of identities by where routes sent them: module_input, upstream, "
+	         "no_route, waiting_for_routes.",
+	         m->routed, m->nrouted);
 	labelled(&t, "perch_hub_denied_total",
 	         "Publishes and subscriptions an identity was not allowed, by kind.", m->denied,
 	         m->ndenied);

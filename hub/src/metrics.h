@@ -35,6 +35,8 @@ typedef struct hub_metrics {
 	size_t nauth;
 	hub_metrics_label denied[4]; /* publishes and subscriptions refused */
 	size_t ndenied;
+	hub_metrics_label routed[8]; /* messages routed, by sink kind */
+	size_t nrouted;
 } hub_metrics;
 
 void hub_metrics_conn_opened(hub_metrics *m);
@@ -48,6 +50,7 @@ void hub_metrics_protocol_error(hub_metrics *m, const char *label);
 void hub_metrics_dropped(hub_metrics *m, const char *label, uint64_t n);
 void hub_metrics_auth_refused(hub_metrics *m, const char *label);
 void hub_metrics_denied(hub_metrics *m, const char *label);
+void hub_metrics_routed(hub_metrics *m, const char *label);
 /* A snake_case label for a decoder reason (static storage, per reason). */
 const char *hub_metrics_reason_label(perch_mqtt_reason r);
 
