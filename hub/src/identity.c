@@ -106,8 +106,8 @@ static bool key_of(const hub_identities *ids, hub_ident_kind kind, const char *d
 	}
 	case HUB_IDENT_LEAF: {
 		const char *k = perch_map_get(&ids->leaves, perch_slice_cstr(dev));
-		if (k == NULL)
-			return false;
+		if (k == NULL || k[0] == '\0')
+			return false; /* unknown, or certificates only */
 		snprintf(key, cap, "%s", k);
 		return true;
 	}
@@ -174,6 +174,8 @@ hub_auth_reason hub_auth_check(const hub_identities *ids, const hub_auth_request
 		if (strcmp(req->cert_cn, want) != 0)
 			return refuse(connack, 5, HUB_AUTH_CERT_MISMATCH);
 	} else {
+		if (!have_key && kind == HUB_IDENT_LEAF)
+			return refuse(connack, 4, HUB_AUTH_TOKEN_SIGNATURE); /* certificates only */
 		if (!have_key)
 			return refuse(connack, 3, HUB_AUTH_NO_KEY);
 		char resource[sizeof ids->iothub_host + (size_t)2 * PERCH_DEVICE_ID_MAX + 32];
@@ -464,12 +466,17 @@ perch_err hub_identities_load_leaves(hub_identities *ids, const char *text, size
 	json_object_foreach(root, name, v)
 	{
 		const char *key = json_string_value(json_object_get(v, "primaryKey"));
+		bool x509 = json_is_true(json_object_get(v, "x509"));
 		if (!perch_device_valid_id(name) || strcmp(name, ids->device_id) == 0) {
 			e = bad(err, cap, "%.128s: not a leaf device id", name);
 			break;
 		}
-		if (key == NULL || !perch_sas_key_valid(perch_slice_cstr(key))) {
-			e = bad(err, cap, "%.128s.primaryKey: expected a base64 key", name);
+		if (key == NULL && x509) {
+			key = ""; /* certificates only */
+		} else if (key == NULL || !perch_sas_key_valid(perch_slice_cstr(key))) {
+			e = bad(err, cap,
+			        "%.128s.primaryKey: expected a base64 key (or \"x509\": true)",
+			        name);
 			break;
 		}
 		char *k = perch_strdup(key);

@@ -7,6 +7,7 @@ that leaves the deployment (hub deployment file + SIGHUP) or a device key
 that changes ends the sessions. Tokens are made here with Python's hmac, the
 way the Azure IoT SDKs make them."""
 import base64
+import subprocess
 import hashlib
 import hmac
 import json
@@ -217,3 +218,40 @@ def test_key_file_must_be_private(idhub):
     os.kill(b.proc.pid, signal.SIGHUP)
     b.wait_log("readable by others", mark)
     assert connect(b, *mod_creds("filter"))[1] == 3  # no key: server unavailable
+
+
+def test_x509_leaf_device(idhub, make_broker, tls_files, workdir):
+    """A leaf device authenticates with a client certificate whose CN is its id
+    (signed by hub.tls.client_ca), no password; a certificate naming another
+    identity is refused."""
+    from test_lifecycle import _client_ca
+    ca, certs = _client_ca(workdir)  # CN=good, signed by ca; CN=rogue, self-signed
+    b = idhub(anonymous=True)
+    write_private(b.paths["leaves"], json.dumps({"good": {"x509": True},
+                                                 "leaf1": {"primaryKey": LEAFKEY}}))
+    b.stop()
+    b.tls = tls_files
+    b.ports["mqtts"] = h.free_port()
+    b.extra_args += ["--tls-client-ca", ca]
+    b.start()
+    watch = h.Raw(b.ports["mqtt"])
+    assert watch.connect("observer").rc == 0
+    watch.subscribe("devices/#")
+    base = ["mosquitto_pub", "-h", h.HOST, "-p", str(b.ports["mqtts"]), "--cafile", tls_files[0],
+            "--cert", certs["good"][0], "--key", certs["good"][1], "-q", "1", "-m", "x509"]
+    ok = subprocess.run(base + ["-i", "good", "-u", f"{HOSTNAME}/good/?api-version=2019-01-30",
+                                "-t", "devices/good/messages/events/"],
+                        capture_output=True, timeout=15)
+    assert ok.returncode == 0, ok.stderr.decode() + b.log_tail(5)
+    got = watch.messages(1)
+    assert got and urllib.parse.unquote(got[0].topic).endswith("$.cdid=good"), got
+    mark = b.log_mark()
+    bad = subprocess.run(base + ["-i", "leaf1", "-u", f"{HOSTNAME}/leaf1/?api-version=2019-01-30",
+                                 "-t", "devices/leaf1/messages/events/"],
+                         capture_output=True, timeout=15)
+    assert bad.returncode != 0, "a certificate for another identity was accepted"
+    assert b.wait_log("certificate names another identity", mark)
+    # a certificates-only leaf cannot log in with a password
+    c = h.Raw(b.ports["mqtt"])
+    assert c.connect("good", user=f"{HOSTNAME}/good/?api-version=1",
+                     password=sas(f"{HOSTNAME}/devices/good", LEAFKEY)).rc == 4
