@@ -128,6 +128,9 @@ typedef struct agent_mod {
 	uint32_t backoff_n;              /* restarts in a row (reset when healthy) */
 	bool fresh;                      /* start it whatever the policy says */
 	bool engine_check;               /* the engine went away: did it take the module down? */
+	bool starting;                   /* an asynchronous restart is in flight */
+	agent_docker_op *start_op;       /* that restart, for cancel */
+	void *start_ctx;                 /* its callback context (reconcile.c) */
 	bool pulling;                    /* a pull is in flight */
 	agent_docker_op *pull_op;        /* that pull, for cancel */
 	void *pull_ctx;                  /* its callback context (reconcile.c) */

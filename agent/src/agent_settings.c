@@ -44,7 +44,7 @@ const perch_cfg_key agent_settings_table[] = {
          "wait before the second restart in a row (the first is at once); doubles"},
         {"agent.restart.max", PERCH_CFG_DURATION, 1, 86400000, "60s", F(restart_max_ms), NULL,
          "longest wait between restarts"},
-        {"agent.restart.healthy", PERCH_CFG_DURATION, 1, 86400000, "60s", F(healthy_ms), NULL,
+        {"agent.restart.healthy", PERCH_CFG_DURATION, 1, 86400000, "10s", F(healthy_ms), NULL,
          "a module running this long has its backoff reset"},
         {"agent.restart.max_tries", PERCH_CFG_INT, 0, 1000000, "0", F(max_restarts), NULL,
          "restarts in a row before the module is left failed; 0: never give up"},

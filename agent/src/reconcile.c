@@ -93,6 +93,16 @@ agent_mod *agent_mod_find(agent *a, const char *name)
 	return NULL;
 }
 
+static void cancel_start(agent *a, agent_mod *m)
+{
+	if (m->start_op != NULL)
+		agent_docker_cancel(a->docker, m->start_op);
+	perch_free(m->start_ctx);
+	m->start_op = NULL;
+	m->start_ctx = NULL;
+	m->starting = false;
+}
+
 static void cancel_pull(agent *a, agent_mod *m)
 {
 	if (m->pull_op != NULL)
@@ -105,8 +115,10 @@ static void cancel_pull(agent *a, agent_mod *m)
 
 void agent_mods_free(agent *a)
 {
-	for (size_t i = 0; i < a->n_mods; i++)
+	for (size_t i = 0; i < a->n_mods; i++) {
 		cancel_pull(a, &a->mods[i]);
+		cancel_start(a, &a->mods[i]);
+	}
 	perch_free(a->mods);
 	a->mods = NULL;
 	a->n_mods = 0;
@@ -522,6 +534,8 @@ static int min_wait(int a, int b)
 static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 {
 	const agent_module *d = m->m;
+	if (m->starting)
+		return 1000; /* a restart from a die event is on its way */
 	int64_t now = agent_now_ms();
 	agent_docker_state st;
 	bool have = c != NULL;
@@ -754,6 +768,90 @@ int agent_reconcile(agent *a)
 	return wait;
 }
 
+/* The fast path of a restart: on a die event, when the policy wants a
+ * restart and no backoff applies, POST /start at once, asynchronously,
+ * without a full reconcile pass (which lists and inspects every container:
+ * with many modules crashing together, restarts would queue behind it). */
+typedef struct start_ctx {
+	agent *a;
+	char name[AGENT_MANIFEST_MAX_NAME + 1];
+	int exit_code;
+} start_ctx;
+
+static void fast_started(void *ud, perch_err err, long http, const json_t *resp, const char *msg)
+{
+	start_ctx *c = ud;
+	agent *a = c->a;
+	(void)http;
+	(void)resp;
+	agent_mod *m = agent_mod_find(a, c->name);
+	if (m != NULL && m->start_ctx == c) {
+		m->starting = false;
+		m->start_op = NULL;
+		m->start_ctx = NULL;
+		if (err == PERCH_OK) {
+			int64_t now = agent_now_ms();
+			m->start_ms = now;
+			m->restart_ms = now;
+			m->restart_count++;
+			m->backoff_n++;
+			m->next_try_ms = 0;
+			m->fresh = false;
+			m->dirty_state = true;
+			set_desc(m, AGENT_RT_RUNNING, "running");
+			PERCH_NOTICE(
+			        "agent",
+			        "module %s: restarted after exit code %d (restart %u, %u in a row)",
+			        m->name, c->exit_code, m->restart_count, m->backoff_n);
+			if (agent_state_save_mod(a, m) == PERCH_OK)
+				m->dirty_state = false;
+		} else {
+			PERCH_WARN("agent", "module %s: restart failed: %s (the next pass retries)",
+			           m->name, msg);
+			a->dirty = true;
+		}
+	}
+	perch_free(c);
+}
+
+static bool fast_restart(agent *a, agent_mod *m, const agent_docker_event *ev)
+{
+	const agent_module *d = m->m;
+	const char *hash = json_string_value(json_object_get(ev->attrs, AGENT_HASH_LABEL));
+	if (!a->docker_up || d->status != AGENT_STATUS_RUNNING || m->starting || m->pulling ||
+	    hash == NULL || strcmp(hash, m->hash) != 0 || strcmp(ev->id, m->id) != 0 ||
+	    stopping(a, m->id) != NULL ||
+	    !agent_restart_wanted(d->restart_policy, true, ev->exit_code, false))
+		return false;
+	uint32_t n = m->backoff_n;
+	if (n > 0 && m->start_ms > 0 && agent_restart_reset(&a->backoff, m->exit_ms - m->start_ms))
+		n = 0;
+	if (agent_restart_delay_ms(&a->backoff, n) > 0 || agent_restart_gave_up(&a->backoff, n))
+		return false; /* the reconcile pass schedules it */
+	start_ctx *c = perch_calloc(1, sizeof *c);
+	if (c == NULL)
+		return false;
+	c->a = a;
+	c->exit_code = ev->exit_code;
+	snprintf(c->name, sizeof c->name, "%s", m->name);
+	char path[160];
+	snprintf(path, sizeof path, "/containers/%s/start", m->id);
+	if (agent_docker_call_async(a->docker, "POST", path, NULL, 0, fast_started, c,
+	                            &m->start_op) != PERCH_OK) {
+		perch_free(c);
+		m->start_op = NULL;
+		return false;
+	}
+	if (m->backoff_n != n) {
+		m->backoff_n = n; /* a healthy run reset the count */
+		m->dirty_state = true;
+	}
+	m->starting = true;
+	m->start_ctx = c;
+	set_desc(m, AGENT_RT_UNKNOWN, "exited with code %d; restarting", ev->exit_code);
+	return true;
+}
+
 void agent_on_event(void *ud, const agent_docker_event *ev)
 {
 	agent *a = ud;
@@ -787,6 +885,8 @@ void agent_on_event(void *ud, const agent_docker_event *ev)
 		if (m != NULL) {
 			m->exit_code = ev->exit_code;
 			m->exit_ms = ev->time_ns / 1000000;
+			if (fast_restart(a, m, ev))
+				break;
 		}
 		a->dirty = true;
 		break;
@@ -850,10 +950,13 @@ static perch_err mods_rebuild(agent *a, const agent_deployment *nd)
 				nm[i].pull_retry_ms = 0;
 				nm[i].pull_failures = 0;
 			}
-			/* The old record gives its pull away. */
+			/* The old record gives its pull and restart away. */
 			old->pull_op = NULL;
 			old->pull_ctx = NULL;
 			old->pulling = false;
+			old->start_op = NULL;
+			old->start_ctx = NULL;
+			old->starting = false;
 		} else {
 			snprintf(nm[i].name, sizeof nm[i].name, "%s", d->name);
 			nm[i].fresh = true;
