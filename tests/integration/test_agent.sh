@@ -108,6 +108,7 @@ while True:
 stall_pid=$!
 
 hub_port=$(free_port)
+metrics_port=$(free_port)
 cat >"$tmp/config.yaml" <<YAML
 device:
   id: agent-test-$$
@@ -122,7 +123,8 @@ agent:
     max: 4s
   hub:
     port: $hub_port
-    args: [--allow-anonymous, --listen, "mqtt://0.0.0.0:$hub_port", --data-dir, "$tmp/hub", --set, hub.sync=off]
+    args: [--listen, "mqtt://0.0.0.0:$hub_port", --data-dir, "$tmp/hub", --set, hub.sync=off,
+           --metrics, "127.0.0.1:$metrics_port"]
 YAML
 
 # manifest FILTER_THRESHOLD [with-filter] [bad|ok] [SENSOR_STATUS]: write the
@@ -134,10 +136,9 @@ manifest() {
 	if [ "$with_filter" = yes ]; then
 		filter_mod=$(printf ',"%s": {"version": "1.0", "type": "docker", "status": "running",
           "restartPolicy": "on-failure", "startupOrder": 2,
-          "env": {"TemperatureThreshold": {"value": "%s"},
-                  "PERCH_FILTER_SOURCE_TOPIC": {"value": "devices/agent-test-%s/modules/%s/messages/events/#"}},
+          "env": {"TemperatureThreshold": {"value": "%s"}},
           "settings": {"image": "%s", "createOptions": "{\\"HostConfig\\":{\\"Memory\\":33554432}}"}}' \
-			"$filter" "$threshold" "$$" "$sensor" "$filter_img")
+			"$filter" "$threshold" "$filter_img")
 	fi
 	local settings="\"image\": \"$image\", "
 	[ "${3:-}" = bad ] && settings=""
@@ -157,7 +158,9 @@ manifest() {
         "startupOrder": 1, "env": {"SendInterval": {"value": "1"}, "MessageCount": {"value": "-1"}},
         "settings": {${settings}"createOptions": ""}}$filter_mod
     }}},
-  "\$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {}}}
+  "\$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {
+    "sensorToFilter": "FROM /messages/modules/$sensor/outputs/temperatureOutput INTO BrokeredEndpoint(\\"/modules/$filter/inputs/input1\\")",
+    "alertsUpstream": "FROM /messages/modules/$filter/outputs/alerts INTO \$upstream"}}}
 }}
 JSON
 	mv "$tmp/deployment.json.new" "$tmp/deployment.json"
@@ -226,6 +229,13 @@ ok "createOptions merged (filter Memory 32 MiB)"
 status_json | grep -qF -e "$password" && fail "password in status"
 wait_for 30 "$sensor connected to the agent's hub" bash -c "docker logs $sensor 2>&1 | grep -q 'connected to hub perch-hub:$hub_port'"
 ok "$sensor connected to perch-hub:$hub_port"
+# The quickstart pipeline through the hub's routes: sensor -> filter input1,
+# filter alerts -> $upstream; both modules logged in with tokens signed by
+# their workload sockets (the hub has no --allow-anonymous).
+routed() { curl -s "http://127.0.0.1:$metrics_port/metrics" | awk -v r="reason=\"$1\"" 'index($0, "perch_hub_routed_total{" r "}") == 1 {print $2}'; }
+wait_for 60 "readings routed to $filter's input" bash -c "$(declare -f routed); metrics_port=$metrics_port; [ \"\$(routed module_input)\" -ge 3 ] 2>/dev/null"
+wait_for 60 "$filter forwarded alerts upstream" bash -c "$(declare -f routed); metrics_port=$metrics_port; [ \"\$(routed upstream)\" -ge 1 ] 2>/dev/null"
+ok "pipeline: $sensor -> route -> $filter input1 ($(routed module_input) readings) -> alerts -> \$upstream ($(routed upstream)), authenticated with workload-signed tokens"
 
 # --- crash ----------------------------------------------------------------------------
 old_pid=$(docker inspect -f '{{.State.Pid}}' "$sensor")

@@ -7,11 +7,11 @@
  * that is not such a reading is logged and dropped (never redelivered
  * forever).
  *
- * Until the hub routes messages (FROM .../outputs/temperatureOutput INTO
- * BrokeredEndpoint("/modules/filter/inputs/input1")), a stopgap:
+ * The deployment's routes bring it the readings (FROM
+ * .../outputs/temperatureOutput INTO BrokeredEndpoint("/modules/filter/inputs/input1")).
  * PERCH_FILTER_SOURCE_TOPIC, when set, is an MQTT topic filter that the
- * module subscribes to instead of its own inputs — e.g. the sensor's output
- * `devices/perch-device/modules/tempSensor/messages/events/#`.
+ * module subscribes to instead of its own inputs: for a hub run with
+ * --allow-anonymous and no routes (tests of the module alone).
  *
  * Environment: TemperatureThreshold (default 25), PERCH_FILTER_SOURCE_TOPIC,
  * and the connection settings of modclient.h. Exit codes: 0 on
