@@ -650,15 +650,15 @@ static perch_err set_retained(hub_broker *b, const hub_msg *m, bool *durable)
 	return PERCH_OK;
 }
 
-/* ack_dropped acknowledges a publish the hub does not route: one it refused
- * (so that the client does not send it again forever; the refusal is logged
- * and counted) or one iothub.c answered. */
-static int ack_dropped(hub_conn *c, uint8_t qos, uint16_t pid)
+/* ack_publish acknowledges a QoS 1 (or 2) publish of c: at once, or — when
+ * durable, or while earlier PUBACKs of c wait for durability, so that they
+ * keep their order — once the store has committed what came before. */
+static int ack_publish(hub_conn *c, uint8_t qos, uint16_t pid, bool durable)
 {
-	if (qos == 0 || perch_map_get(&c->hub->broker->tickets, conn_key(&c)) != NULL) {
-		/* Behind durable PUBACKs of the same connection: order matters, so it
-		 * waits its turn like any other. */
-		if (qos > 0 && ticket_add(c->hub->broker, c, pid, qos == 2) != PERCH_OK)
+	if (qos == 0)
+		return 0;
+	if (durable || perch_map_get(&c->hub->broker->tickets, conn_key(&c)) != NULL) {
+		if (ticket_add(c->hub->broker, c, pid, qos == 2) != PERCH_OK)
 			hub_conn_close_soon(c, "out of memory", NULL);
 		return 0;
 	}
@@ -679,13 +679,14 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
 		if (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0 &&
 		    hub_authz_publish(&c->ident, topic) && hub_iothub_publish(c, topic, payload))
-			return ack_dropped(c, qos, pid); /* answered by iothub.c, not routed */
+			return ack_publish(c, qos, pid, false);
+		/* not routed */ /* answered by iothub.c, not routed */
 		if (!hub_authz_publish(&c->ident, topic)) {
 			hub_metrics_denied(b->h->metrics, "publish");
 			PERCH_WARN(
 			        LOG_MOD, "%s: publish to %.*s denied: not its own topic; dropped",
 			        c->client_id, (int)(topic.len > 200 ? 200 : topic.len), topic.ptr);
-			return ack_dropped(c, qos, pid);
+			return ack_publish(c, qos, pid, false); /* not routed */
 		}
 		size_t n = 0;
 		perch_err serr = PERCH_OK;
@@ -696,7 +697,7 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 			PERCH_WARN(LOG_MOD, "%s: publish to %.*s dropped: property bag: %s",
 			           c->client_id, (int)(topic.len > 200 ? 200 : topic.len),
 			           topic.ptr, perch_strerror(serr));
-			return ack_dropped(c, qos, pid);
+			return ack_publish(c, qos, pid, false); /* not routed */
 		}
 	}
 	perch_err err =
@@ -735,20 +736,7 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 		hub_conn_close_soon(c, "cannot route message", perch_strerror(err));
 		return 0;
 	}
-	if (qos == 0)
-		return 0;
-	/* A PUBACK waits for durability — and so does any later one of the same
-	 * connection while earlier ones wait, so PUBACKs keep their order. */
-	if (durable || perch_map_get(&b->tickets, conn_key(&c)) != NULL) {
-		if (ticket_add(b, c, pid, qos == 2) != PERCH_OK)
-			hub_conn_close_soon(c, "out of memory", NULL);
-		return 0;
-	}
-	perch_mqtt_packet ack = {.type = qos == 2 ? PERCH_MQTT_PUBREC : PERCH_MQTT_PUBACK,
-	                         .ack = {.packet_id = pid}};
-	if (hub_conn_send_packet(c, &ack) != PERCH_OK)
-		hub_conn_close_soon(c, "out of memory", NULL);
-	return 0;
+	return ack_publish(c, qos, pid, durable);
 }
 
 /* --- routed inputs ----------------------------------------------------------- */
