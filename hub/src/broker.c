@@ -679,8 +679,7 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
 		if (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0 &&
 		    hub_authz_publish(&c->ident, topic) && hub_iothub_publish(c, topic, payload))
-			return ack_publish(c, qos, pid, false);
-		/* not routed */ /* answered by iothub.c, not routed */
+			return ack_publish(c, qos, pid, false); /* iothub.c answered it */
 		if (!hub_authz_publish(&c->ident, topic)) {
 			hub_metrics_denied(b->h->metrics, "publish");
 			PERCH_WARN(
