@@ -1,5 +1,6 @@
 # tests/integration/lib.sh — helpers the integration tests share (sourced,
-# not run): one line per check, free ports, live-process checks.
+# not run): one line per check, free ports, live-process checks, bounded
+# waits, stopping the perch-agent a test started.
 
 # ok TEXT / fail TEXT: a passed check, or the failure that ends the test.
 ok() { echo "ok   - $*"; }
@@ -21,4 +22,31 @@ running() {
 	local st
 	st=$(sed -n 's/^.*) \(.\) .*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
 	[ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll (every 0.2 s) until COMMAND
+# succeeds; fail with DESCRIPTION when it has not within SECONDS.
+wait_for() {
+	local secs=$1 what=$2
+	shift 2
+	local end=$((SECONDS + secs))
+	while ((SECONDS < end)); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.2
+	done
+	fail "$what (not within ${secs}s)"
+}
+
+# stop_agent [SIGNAL]: stop the process whose pid is in $agent_pid (a
+# perch-agent the test started) with SIGNAL (TERM), SIGKILL after 15 s;
+# returns its exit status and clears agent_pid.
+stop_agent() {
+	[ -n "${agent_pid:-}" ] || return 0
+	kill "-${1:-TERM}" "$agent_pid" 2>/dev/null || true
+	for ((i = 0; i < 60; i++)); do running "$agent_pid" || break; sleep 0.25; done
+	running "$agent_pid" && kill -KILL "$agent_pid" 2>/dev/null
+	local rc=0
+	wait "$agent_pid" 2>/dev/null || rc=$?
+	agent_pid=
+	return $rc
 }

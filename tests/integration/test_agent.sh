@@ -46,17 +46,6 @@ export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60 PERCH_IMA
 agent_pid=
 images=()
 
-stop_agent() {
-	[ -n "$agent_pid" ] || return 0
-	kill "$agent_pid" 2>/dev/null || true
-	for ((i = 0; i < 40; i++)); do running "$agent_pid" || break; sleep 0.25; done
-	running "$agent_pid" && kill -KILL "$agent_pid" 2>/dev/null
-	wait "$agent_pid" 2>/dev/null
-	local rc=$?
-	agent_pid=
-	return $rc
-}
-
 cleanup() {
 	local rc=$?
 	set +e
@@ -171,18 +160,6 @@ status_json() { timeout 15 "$agent_bin" status --config "$tmp/config.yaml" --dat
 # mod_field MODULE KEY: a field of the module's report.
 mod_field() {
 	status_json | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin); m=r["modules"].get(sys.argv[1]); print("" if m is None else m[sys.argv[2]])' "$1" "$2"
-}
-
-# wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds.
-wait_for() {
-	local secs=$1 what=$2
-	shift 2
-	local end=$((SECONDS + secs))
-	while ((SECONDS < end)); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.2
-	done
-	fail "$what (not within ${secs}s)"
 }
 
 both_running() {

@@ -52,17 +52,6 @@ PERCH_REGISTRY_PORT=$(free_port)
 export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
 env_dirs+=("$PERCH_ENV_DIR")
 
-stop_agent() { # [SIGNAL]
-	[ -n "$agent_pid" ] || return 0
-	kill "-${1:-TERM}" "$agent_pid" 2>/dev/null || true
-	for ((i = 0; i < 60; i++)); do running "$agent_pid" || break; sleep 0.25; done
-	running "$agent_pid" && kill -KILL "$agent_pid" 2>/dev/null
-	local rc=0
-	wait "$agent_pid" 2>/dev/null || rc=$?
-	agent_pid=
-	return $rc
-}
-
 cleanup() {
 	local rc=$? dir
 	set +e
@@ -207,17 +196,6 @@ r = json.load(sys.stdin)
 m = r["modules"].get(sys.argv[1]) if len(sys.argv) > 2 else r
 key = sys.argv[-1]
 print("" if m is None else m.get(key, ""))' "$@"
-}
-
-wait_for() { # SECONDS DESCRIPTION COMMAND...
-	local secs=$1 what=$2
-	shift 2
-	local end=$((SECONDS + secs))
-	while ((SECONDS < end)); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.2
-	done
-	fail "$what (not within ${secs}s)"
 }
 
 is() { [ "$(field "$1" "$2")" = "$3" ]; }

@@ -65,17 +65,6 @@ unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
 PERCH_REGISTRY_PORT=$(free_port)
 export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
 
-stop_agent() { # [SIGNAL]
-	[ -n "$agent_pid" ] || return 0
-	kill "-${1:-TERM}" "$agent_pid" 2>/dev/null || true
-	for ((i = 0; i < 60; i++)); do running "$agent_pid" || break; sleep 0.25; done
-	running "$agent_pid" && kill -KILL "$agent_pid" 2>/dev/null
-	local rc=0
-	wait "$agent_pid" 2>/dev/null || rc=$?
-	agent_pid=
-	return $rc
-}
-
 cleanup() {
 	local rc=$?
 	set +e
@@ -212,16 +201,6 @@ start_agent() { # LOG [WRAPPER...]
 status_json() { timeout 15 "$agent_bin" status --config "$tmp/config.yaml" --data-dir "$tmp/agent" --json; }
 mod_field() {
 	status_json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["modules"].get(sys.argv[1], {}).get(sys.argv[2], ""))' "$1" "$2"
-}
-wait_for() { # SECONDS DESCRIPTION COMMAND...
-	local secs=$1 what=$2
-	shift 2
-	local end=$((SECONDS + secs))
-	while ((SECONDS < end)); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.2
-	done
-	fail "$what (not within ${secs}s)"
 }
 is_running() { [ "$(mod_field "$1" runtimeStatus)" = running ]; }
 envof() { docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" | sed -n "s/^$2=//p"; }
