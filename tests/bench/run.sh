@@ -179,13 +179,14 @@ start_mosquitto() {
 }
 
 # start_hub NAME: sets BPID, BPORT_TCP, BPORT_WS (or returns 1).
-start_hub() {
+start_hub() { # NAME [HUB ARGS...]
 	local name=$1 dir=$TMP/$1 i
+	shift
 	mkdir -p "$dir/data"
 	BPORT_TCP=$(free_port) || return 1
 	BPORT_WS=$(free_port) || return 1
 	"$HUB" --allow-anonymous --listen "mqtt://127.0.0.1:$BPORT_TCP" \
-		--listen "ws://127.0.0.1:$BPORT_WS" --data-dir "$dir/data" >"$RAW/$name.log" 2>&1 &
+		--listen "ws://127.0.0.1:$BPORT_WS" --data-dir "$dir/data" "$@" >"$RAW/$name.log" 2>&1 &
 	BPID=$!
 	STARTED+=("$BPID")
 	for i in $(seq 1 200); do
@@ -300,6 +301,47 @@ for b in mosquitto hub; do
 		--rss-pid "$BPID" --connect-timeout 60
 	stop_pid "$BPID"
 done
+
+# ---- routes: module -> route with a WHERE on $body -> module input ----------
+# Both runs: perch-hub, TCP, QoS 1, durable (the route's sink queue / the
+# persistent subscriber's queue), the same JSON payloads. "plain": anonymous
+# pub/sub to persistent subscribers; "routed": publishers and subscribers are
+# modules p<i>/s<i> of device "bench" with SAS tokens, and the hub's routes
+# carry p<i>'s output to s<i>'s input WHERE $body.machine.temperature > 25.
+if have_broker hub && [[ routes =~ $ONLY ]]; then
+	RLAYOUT="--layout pairs --publishers 10" RPUBS=10
+	[ $SMOKE = 1 ] && RLAYOUT="--layout 1to1" RPUBS=1
+	rdir=$TMP/routes
+	mkdir -p "$rdir"
+	(umask 077 && head -c 32 /dev/urandom | base64 >"$rdir/device.key")
+	{
+		printf '{"version": 1, "deviceId": "bench", "modules": {'
+		for ((i = 0; i < RPUBS; i++)); do
+			[ $i -gt 0 ] && printf ', '
+			printf '"p%d": {}, "s%d": {}' $i $i
+		done
+		printf '}, "edgeHub": {"schemaVersion": "1.1", "routes": {'
+		for ((i = 0; i < RPUBS; i++)); do
+			[ $i -gt 0 ] && printf ', '
+			printf '"r%d": "FROM /messages/modules/p%d/outputs/out WHERE $body.machine.temperature > 25 INTO BrokeredEndpoint(\\"/modules/s%d/inputs/in\\")"' $i $i $i
+		done
+		printf '}}}\n'
+	} >"$rdir/hub-deployment.json"
+	log "== hub routes: plain durable pub/sub, then routed"
+	if start_hub hub-routes-plain; then
+		# shellcheck disable=SC2086
+		run_load hub-routes-plain "$BPORT_TCP" tcp --qos 1 --persistent --json $RLAYOUT \
+			--duration "$SECS" --drain 3
+		stop_pid "$BPID"
+	fi
+	if start_hub hub-routes-routed --set device.id=bench --set "device.key_file=$rdir/device.key" \
+		--set "device.hub_deployment=$rdir/hub-deployment.json"; then
+		# shellcheck disable=SC2086
+		run_load hub-routes-routed "$BPORT_TCP" tcp --qos 1 --json $RLAYOUT --device bench \
+			--device-key "$rdir/device.key" --duration "$SECS" --drain 3
+		stop_pid "$BPID"
+	fi
+fi
 elapsed=$((SECONDS - started_at))
 
 # ---- the report ------------------------------------------------------------
@@ -406,6 +448,26 @@ md=$OUT/results.md
 		if ! have_broker $b; then idle="" cl="missing"; fi
 		echo "| $b | $(mb "$idle") | $cl | $t |"
 	done
+	if [ -s "$RAW/hub-routes-routed.json" ] || [ -s "$RAW/hub-routes-plain.json" ]; then
+		echo
+		echo "## Routed throughput (perch-hub)"
+		echo
+		echo "QoS 1, TCP, durable, JSON payloads of 256 bytes, ${RPUBS:-10} publisher(s) each to its own"
+		echo "subscriber. plain: topic subscriptions (persistent sessions); routed: modules with SAS"
+		echo "tokens, each message matched against the \$edgeHub routes (a WHERE on \$body: the body is"
+		echo "parsed) and put in the target module's input queue."
+		echo
+		echo "| run | delivered/s | latency p50 | latency p99 | routed/plain |"
+		echo "|---|---:|---:|---:|---:|"
+		pr=$(J "$RAW/hub-routes-plain.json" deliver_rate) rr=$(J "$RAW/hub-routes-routed.json" deliver_rate)
+		for r in plain routed; do
+			f=$RAW/hub-routes-$r.json
+			note_run "$f"
+			x="—"
+			[ $r = routed ] && x=$(ratio "$rr" "$pr")
+			echo "| $r | $(fmt_rate "$(J "$f" deliver_rate)") | $(fmt_us "$(J "$f" lat_p50_us)") | $(fmt_us "$(J "$f" lat_p99_us)") | $x |"
+		done
+	fi
 	echo
 	echo "## How the brokers ran"
 	echo

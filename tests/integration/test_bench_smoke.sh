@@ -55,6 +55,12 @@ cat "$tmp/bench.out"
 grep -q '^bench smoke: ok' "$tmp/bench.out" || fail "the broker smoke did not report ok"
 grep -q '^agent bench smoke: ok' "$tmp/bench.out" || fail "the agent smoke did not report ok"
 ok "run.sh --smoke: broker runs and agent runs completed"
+smd=$O/bench/smoke/results.md
+for r in plain routed; do
+	grep -Eq "^\| $r \| [0-9]+ \| [0-9.]+ (µs|ms) \| [0-9.]+ (µs|ms) \| (—|[0-9.]+x) \|$" "$smd" ||
+		fail "no well-formed routed-throughput row ($r) in $smd: $(grep -F "| $r |" "$smd")"
+done
+ok "routed throughput (module -> route WHERE \$body -> module input) next to plain pub/sub"
 
 # --- the agent's raw results: complete and sane ------------------------------------
 R=$O/bench/smoke/raw/agent.json

@@ -30,6 +30,15 @@
  * or a broker broke the protocol, 2 on a usage error. Every loop and every wait
  * is bounded; SIGINT/SIGTERM end the publishing phase early and still report.
  *
+ * Identities (--device, for perch-hub's routes): publisher i logs in as module
+ * "p<i>" and sends on its output "out", subscriber i as module "s<i>" and
+ * subscribes to its own inputs; each with a SAS token signed with the module
+ * key derived from the device key (read from --device-key FILE). The hub's
+ * routes must carry p<i>'s output to s<i> (tests/bench/run.sh writes them).
+ * --json makes every payload a JSON object ({"machine":{"temperature":N},
+ * "h":"<the 24-byte header in hex>","p":"padding"}) with $.ct/$.ce set, so
+ * that a route's WHERE clause can look at $body.
+ *
  * Encoding and decoding go through proto's codec (perch/mqtt.h).
  */
 #include <errno.h>
@@ -58,6 +67,7 @@
 #include "perch/alloc.h"
 #include "perch/err.h"
 #include "perch/mqtt.h"
+#include "perch/sas.h"
 
 /* Limits: every one of them checked where input arrives. */
 #define LOAD_MAX_CONNS     50000u       /* publishers + subscribers + idle */
@@ -75,6 +85,56 @@
 #define LOAD_MAGIC         0x48435250u  /* "PRCH" little-endian */
 #define LOAD_HDR           24u          /* magic 4, publisher 4, seq 8, ts 8 */
 #define LOAD_WS_GUID       "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+/* JSON payloads (--json): the 24-byte header as 48 hex digits at a fixed
+ * place, so the sender overwrites only those bytes. */
+#define JSON_PREFIX "{\"machine\":{\"temperature\":30},\"h\":\""
+#define JSON_HEX_AT (sizeof JSON_PREFIX - 1)
+#define JSON_MIN    (JSON_HEX_AT + 2 * 24 + sizeof "\",\"p\":\"\"}" - 1)
+
+static void json_header(uint8_t *payload, const uint8_t *head)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < 24; i++) {
+		payload[JSON_HEX_AT + 2 * i] = (uint8_t)hex[head[i] >> 4];
+		payload[JSON_HEX_AT + 2 * i + 1] = (uint8_t)hex[head[i] & 15];
+	}
+}
+
+/* json_payload_init writes the fixed parts of a JSON payload of n bytes. */
+static void json_payload_init(uint8_t *payload, size_t n)
+{
+	memcpy(payload, JSON_PREFIX, JSON_HEX_AT);
+	memset(payload + JSON_HEX_AT, '0', 48);
+	size_t at = JSON_HEX_AT + 48;
+	memcpy(payload + at, "\",\"p\":\"", 7);
+	at += 7;
+	memset(payload + at, 'x', n - at - 2);
+	memcpy(payload + n - 2, "\"}", 2);
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+static bool json_header_read(perch_slice body, uint8_t *head)
+{
+	if (body.len < JSON_MIN || memcmp(body.ptr, JSON_PREFIX, JSON_HEX_AT) != 0)
+		return false;
+	for (size_t i = 0; i < 24; i++) {
+		int hi = hexval(body.ptr[JSON_HEX_AT + 2 * i]);
+		int lo = hexval(body.ptr[JSON_HEX_AT + 2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		head[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
 
 /* Latency histogram: log-linear, 64 sub-buckets per power of two (< 1.6 %). */
 #define HIST_SUB     64u
@@ -120,9 +180,9 @@ typedef struct conn {
 	int fd; /* -1 unless state is CS_TCP .. CS_READY */
 	role role;
 	cstate state;
-	uint32_t id;         /* index among its role */
-	uint32_t topic;      /* topic index (publishers and subscribers) */
-	char topic_name[96]; /* PREFIX/RUN/TOPIC: where it publishes, or its filter */
+	uint32_t id;          /* index among its role */
+	uint32_t topic;       /* topic index (publishers and subscribers) */
+	char topic_name[320]; /* PREFIX/RUN/TOPIC: where it publishes, or its filter */
 	size_t topic_len;
 	bool out_armed; /* EPOLLOUT registered */
 	buf out;        /* wire bytes to write */
@@ -172,6 +232,10 @@ typedef struct opts {
 	uint32_t window, e2e_window;
 	double rate;
 	long rss_pid;
+	const char *device;      /* log in as modules of this device (routes), or NULL */
+	const char *iothub_host; /* in user names and tokens */
+	char device_key[96];     /* base64, from --device-key FILE */
+	bool json;               /* JSON payloads with $.ct/$.ce */
 } opts;
 
 typedef struct load {
@@ -512,10 +576,15 @@ static void pub_pump(load *L, conn *c)
 		}
 		uint32_t magic = LOAD_MAGIC;
 		uint64_t seq = c->sent;
-		memcpy(c->payload, &magic, 4);
-		memcpy(c->payload + 4, &c->id, 4);
-		memcpy(c->payload + 8, &seq, 8);
-		memcpy(c->payload + 16, &now, 8);
+		uint8_t head[LOAD_HDR];
+		memcpy(head, &magic, 4);
+		memcpy(head + 4, &c->id, 4);
+		memcpy(head + 8, &seq, 8);
+		memcpy(head + 16, &now, 8);
+		if (L->o.json)
+			json_header(c->payload, head);
+		else
+			memcpy(c->payload, head, LOAD_HDR);
 		perch_mqtt_publish pub = {
 		        .topic = {c->topic_name, c->topic_len},
 		        .payload = {(const char *)c->payload, L->o.payload},
@@ -593,10 +662,16 @@ static void on_publish(load *L, conn *c, const perch_mqtt_publish *p, uint64_t n
 	}
 	uint32_t magic, pub;
 	uint64_t seq, ts;
-	memcpy(&magic, p->payload.ptr, 4);
-	memcpy(&pub, p->payload.ptr + 4, 4);
-	memcpy(&seq, p->payload.ptr + 8, 8);
-	memcpy(&ts, p->payload.ptr + 16, 8);
+	uint8_t head[LOAD_HDR];
+	if (L->o.json ? !json_header_read(p->payload, head)
+	              : (memcpy(head, p->payload.ptr, LOAD_HDR), false)) {
+		L->stray++;
+		return;
+	}
+	memcpy(&magic, head, 4);
+	memcpy(&pub, head + 4, 4);
+	memcpy(&seq, head + 8, 8);
+	memcpy(&ts, head + 16, 8);
 	if (magic != LOAD_MAGIC || pub >= L->o.pubs) {
 		L->stray++;
 		return;
@@ -897,7 +972,7 @@ static void http_feed(load *L, conn *c, const uint8_t *p, size_t n, uint64_t now
 
 static void send_connect(load *L, conn *c)
 {
-	char id[64];
+	char id[300];
 	static const char role_ch[] = {'p', 's', 'i'};
 	int n = snprintf(id, sizeof id, "load-%ld-%c%" PRIu32, L->run_id, role_ch[c->role], c->id);
 	perch_mqtt_packet pkt = {
@@ -906,6 +981,31 @@ static void send_connect(load *L, conn *c)
 	                    .keep_alive = LOAD_KEEPALIVE,
 	                    .clean_session = !(L->o.persistent && c->role == ROLE_SUB)},
 	};
+	char user[600], token[1024], mod[32], key[64], res[512];
+	if (L->o.device != NULL) {
+		/* A module of the device: client id, user name and a SAS token. */
+		snprintf(mod, sizeof mod, "%c%" PRIu32, role_ch[c->role], c->id);
+		n = snprintf(id, sizeof id, "%s/%s", L->o.device, mod);
+		int un = snprintf(user, sizeof user, "%s/%s/%s/?api-version=2018-06-30",
+		                  L->o.iothub_host, L->o.device, mod);
+		snprintf(res, sizeof res, "%s/devices/%s/modules/%s", L->o.iothub_host, L->o.device,
+		         mod);
+		size_t kn = 0, tn = 0;
+		if (perch_sas_derive_module_key(perch_slice_cstr(L->o.device_key),
+		                                perch_slice_cstr(mod), key, sizeof key,
+		                                &kn) != PERCH_OK ||
+		    perch_sas_sign(perch_slice_cstr(res), perch_slice_cstr(""),
+		                   (perch_slice){key, kn}, (uint64_t)time(NULL) + 3600, token,
+		                   sizeof token, &tn) != PERCH_OK) {
+			note_error(L, "", "cannot sign a SAS token (--device-key)");
+			conn_close(L, c);
+			return;
+		}
+		pkt.connect.client_id = (perch_slice){id, n < 0 ? 0 : (size_t)n};
+		pkt.connect.has_username = pkt.connect.has_password = true;
+		pkt.connect.username = (perch_slice){user, un < 0 ? 0 : (size_t)un};
+		pkt.connect.password = (perch_slice){token, tn};
+	}
 	if (conn_send_pkt(L, c, &pkt))
 		c->state = CS_CONNACK;
 }
@@ -1126,8 +1226,25 @@ static void usage(FILE *f)
 	      "  --rss-pid PID       report this process's VmRSS once the connections are up\n"
 	      "  --persistent        subscribers use persistent sessions (durable QoS 1)\n"
 	      "  --label NAME        name echoed in the report\n"
-	      "  --topic-prefix P    topic prefix (perch-bench)\n",
+	      "  --topic-prefix P    topic prefix (perch-bench)\n"
+	      "  --device ID         log in as modules p<i>/s<i> of device ID (routes; pairs or "
+	      "1to1)\n"
+	      "  --device-key FILE   the device's base64 key (module keys are derived from it)\n"
+	      "  --iothub-host H     IoT Hub host name in user names and tokens (perch.local)\n"
+	      "  --json              JSON payloads with $.ct/$.ce (for WHERE on $body)\n",
 	      f);
+}
+
+/* read_key reads a base64 key from a file (a key never goes on a command line). */
+static bool read_key(const char *path, char *out, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	bool ok = fgets(out, (int)cap, f) != NULL;
+	fclose(f);
+	out[strcspn(out, " \r\n")] = '\0';
+	return ok && perch_sas_key_valid(perch_slice_cstr(out));
 }
 
 static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -1177,6 +1294,10 @@ static int parse_opts(int argc, char **argv, opts *o)
 		OPT_LABEL,
 		OPT_PERSISTENT,
 		OPT_PREFIX,
+		OPT_DEVICE,
+		OPT_DEVKEY,
+		OPT_IOTHUB,
+		OPT_JSON,
 		OPT_HELP
 	};
 	static const struct option lo[] = {
@@ -1203,6 +1324,10 @@ static int parse_opts(int argc, char **argv, opts *o)
 	        {"label", 1, 0, OPT_LABEL},
 	        {"persistent", 0, 0, OPT_PERSISTENT},
 	        {"topic-prefix", 1, 0, OPT_PREFIX},
+	        {"device", 1, 0, OPT_DEVICE},
+	        {"device-key", 1, 0, OPT_DEVKEY},
+	        {"iothub-host", 1, 0, OPT_IOTHUB},
+	        {"json", 0, 0, OPT_JSON},
 	        {"help", 0, 0, OPT_HELP},
 	        {0, 0, 0, 0},
 	};
@@ -1215,7 +1340,8 @@ static int parse_opts(int argc, char **argv, opts *o)
 	            .drain = 3,
 	            .connect_timeout = 20,
 	            .window = 64,
-	            .e2e_window = 256};
+	            .e2e_window = 256,
+	            .iothub_host = "perch.local"};
 	bool have_pubs = false;
 	uint32_t v = 0;
 	int c;
@@ -1297,6 +1423,16 @@ static int parse_opts(int argc, char **argv, opts *o)
 			o->prefix = optarg;
 			ok = strlen(optarg) < 64 && !strpbrk(optarg, "#+");
 			break;
+		case OPT_DEVICE:
+			o->device = optarg;
+			ok = strlen(optarg) > 0 && strlen(optarg) <= 128 && !strpbrk(optarg, "/#+");
+			break;
+		case OPT_DEVKEY: ok = read_key(optarg, o->device_key, sizeof o->device_key); break;
+		case OPT_IOTHUB:
+			o->iothub_host = optarg;
+			ok = strlen(optarg) > 0 && strlen(optarg) < 200;
+			break;
+		case OPT_JSON: o->json = true; break;
 		case OPT_HELP: usage(stdout); exit(0);
 		default: ok = false;
 		}
@@ -1324,6 +1460,15 @@ static int parse_opts(int argc, char **argv, opts *o)
 			o->subs = 1;
 		break;
 	case LAYOUT_IDLE: o->pubs = o->subs = 0; break;
+	}
+	if ((o->device != NULL) != (o->device_key[0] != '\0') ||
+	    (o->device != NULL && o->layout != LAYOUT_1TO1 && o->layout != LAYOUT_PAIRS) ||
+	    (o->json && o->payload < JSON_MIN)) {
+		fprintf(stderr,
+		        "mqtt_load: --device needs --device-key and layout 1to1 or pairs; "
+		        "--json needs --payload >= %zu\n",
+		        (size_t)JSON_MIN);
+		return 2;
 	}
 	if ((uint64_t)o->pubs + o->subs + o->idle > LOAD_MAX_CONNS ||
 	    (o->layout == LAYOUT_FANIN && (uint64_t)o->pubs * o->subs > 1000000u)) {
@@ -1388,9 +1533,21 @@ static bool setup(load *L)
 				return false;
 			for (uint32_t k = 0; k < L->o.payload; k++)
 				c->payload[k] = (uint8_t)('a' + k % 26);
+			if (L->o.json)
+				json_payload_init(c->payload, L->o.payload);
 		}
-		int tl = snprintf(c->topic_name, sizeof c->topic_name, "%s/%ld/%" PRIu32,
-		                  L->o.prefix, L->run_id, c->topic);
+		int tl;
+		if (L->o.device != NULL && c->role == ROLE_PUB)
+			tl = snprintf(c->topic_name, sizeof c->topic_name,
+			              "devices/%s/modules/p%" PRIu32 "/messages/events/"
+			              "%%24.on=out&%%24.ct=application%%2Fjson&%%24.ce=utf-8",
+			              L->o.device, c->id);
+		else if (L->o.device != NULL)
+			tl = snprintf(c->topic_name, sizeof c->topic_name,
+			              "devices/%s/modules/s%" PRIu32 "/#", L->o.device, c->id);
+		else
+			tl = snprintf(c->topic_name, sizeof c->topic_name, "%s/%ld/%" PRIu32,
+			              L->o.prefix, L->run_id, c->topic);
 		c->topic_len = tl < 0 ? 0 : (size_t)tl;
 	}
 	return true;
