@@ -153,7 +153,9 @@ bool hub_auth_stamp(const hub_identity *id, perch_slice topic, char *out, size_t
 /* --- IoT Hub twins and direct methods (iothub.c) ------------------------------
  * The broker hands every $iothub/... publish of an authenticated identity to
  * iothub.c, which answers on that connection (twin GET and reported patches,
- * method responses) instead of routing it. */
+ * method responses) instead of routing it. listen.c tells it which
+ * connection each identity has (after every read) and hands it the HTTP
+ * requests of WebSocket listeners (direct method calls, method_http.c). */
 
 struct hub_iothub;
 PERCH_MUST_USE perch_err hub_iothub_open(hub *h);
@@ -161,6 +163,18 @@ void hub_iothub_close(hub *h);
 /* hub_iothub_publish takes a $iothub/... publish from c (authenticated).
  * Returns true when it handled it (the broker only acknowledges it). */
 bool hub_iothub_publish(hub_conn *c, perch_slice topic, perch_slice payload);
+/* hub_iothub_conn_seen: c's input was processed; an active authenticated
+ * connection becomes its identity's (method calls, desired patches). Cheap. */
+void hub_iothub_conn_seen(hub_conn *c);
+/* Direct method calls waiting for their answer (metrics). */
+size_t hub_iothub_pending_calls(const hub *h);
+/* hub_method_http_cb takes an HTTP callback of a WebSocket listener; *slot
+ * is the connection's request state (NULL at first; freed here). For
+ * LWS_CALLBACK_HTTP it returns 1 when the path is not a method call's (the
+ * caller answers it); otherwise 0, or -1 to close the connection. */
+typedef struct hub_method_http hub_method_http;
+int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_method_http **slot,
+                       void *in, size_t len);
 /* The identities (hub deployment: modules, desired twins) changed. */
 void hub_iothub_identities_changed(hub *h);
 /* c is going away: forget what waits on it. */

@@ -1,7 +1,8 @@
 /*
  * listen.c — perch-hub's listeners on one libwebsockets loop: MQTT over
  * WebSocket (subprotocol "mqtt", any path) and over raw TCP, each with or
- * without TLS, plus the optional Prometheus /metrics endpoint.
+ * without TLS, the direct-method REST endpoint on the WebSocket listeners
+ * (method_http.c), plus the optional Prometheus /metrics endpoint.
  *
  * Each listener URL becomes one lws vhost. The callbacks here only adapt lws
  * events to conn.c (bytes in, writeable, closed); nothing else in the hub
@@ -14,6 +15,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,10 +56,27 @@ static int verify_client_cert(size_t preverify_ok)
 
 /* --- MQTT over WebSocket ---------------------------------------------------- */
 
+/* A WebSocket listener's connection: an MQTT connection once upgraded, or
+ * plain HTTP requests (direct method calls) instead. */
+typedef struct ws_pss {
+	hub_conn conn;         /* first; zeroed until upgraded */
+	hub_method_http *http; /* method_http.c's request, or NULL */
+} ws_pss;
+_Static_assert(offsetof(ws_pss, conn) == 0, "cb_ws takes user as a hub_conn");
+
+/* rx_done: after c's bytes were taken, tell iothub.c who is online. */
+static int rx_done(hub_conn *c, int rc)
+{
+	if (rc == 0)
+		hub_iothub_conn_seen(c);
+	return rc;
+}
+
 static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                  size_t len)
 {
-	hub_conn *c = user;
+	ws_pss *pss = user;
+	hub_conn *c = user; /* pss->conn, its first member (user is NULL for the context) */
 	switch (reason) {
 	case LWS_CALLBACK_ESTABLISHED: return hub_conn_opened(hub_of(wsi), c, wsi, true);
 	case LWS_CALLBACK_RECEIVE:
@@ -68,14 +87,24 @@ static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 			         "text WebSocket frame (MQTT needs binary frames)");
 			return -1;
 		}
-		return hub_conn_rx(c, in, len);
+		return rx_done(c, hub_conn_rx(c, in, len));
 	case LWS_CALLBACK_SERVER_WRITEABLE: return hub_conn_writeable(c);
 	case LWS_CALLBACK_CLOSED: hub_conn_closed(c); return 0;
-	case LWS_CALLBACK_HTTP:
-		/* A plain HTTP request on a WebSocket listener: not found. */
+	case LWS_CALLBACK_HTTP: {
+		int rc = pss != NULL ? hub_method_http_cb(wsi, reason, &pss->http, in, len) : 1;
+		if (rc != 1)
+			return rc;
+		/* Any other plain HTTP request on a WebSocket listener: not found. */
 		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL))
 			return -1;
 		return lws_http_transaction_completed(wsi);
+	}
+	case LWS_CALLBACK_HTTP_BODY:
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		return pss != NULL ? hub_method_http_cb(wsi, reason, &pss->http, in, len) : 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: hub_broker_wake(hub_of(wsi)); return 0;
 	case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION: return verify_client_cert(len);
 	default: return 0;
@@ -90,7 +119,7 @@ static int cb_raw(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	hub_conn *c = user;
 	switch (reason) {
 	case LWS_CALLBACK_RAW_ADOPT: return hub_conn_opened(hub_of(wsi), c, wsi, false);
-	case LWS_CALLBACK_RAW_RX: return hub_conn_rx(c, in, len);
+	case LWS_CALLBACK_RAW_RX: return rx_done(c, hub_conn_rx(c, in, len));
 	case LWS_CALLBACK_RAW_WRITEABLE: return hub_conn_writeable(c);
 	case LWS_CALLBACK_RAW_CLOSE: hub_conn_closed(c); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: hub_broker_wake(hub_of(wsi)); return 0;
@@ -158,7 +187,7 @@ static int cb_http(struct lws *wsi, enum lws_callback_reasons reason, void *user
 }
 
 static const struct lws_protocols ws_protocols[] = {
-        {"mqtt", cb_ws, sizeof(hub_conn), RX_BUF_BYTES, 0, NULL, 0},
+        {"mqtt", cb_ws, sizeof(ws_pss), RX_BUF_BYTES, 0, NULL, 0},
         {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 static const struct lws_protocols raw_protocols[] = {

@@ -92,6 +92,16 @@ void hub_metrics_denied(hub_metrics *m, const char *label)
 	bump(m->denied, &m->ndenied, sizeof m->denied / sizeof m->denied[0], label, 1);
 }
 
+void hub_metrics_twin(hub_metrics *m, const char *label)
+{
+	bump(m->twin, &m->ntwin, sizeof m->twin / sizeof m->twin[0], label, 1);
+}
+
+void hub_metrics_method(hub_metrics *m, const char *label)
+{
+	bump(m->methods, &m->nmethods, sizeof m->methods / sizeof m->methods[0], label, 1);
+}
+
 const char *hub_metrics_reason_label(perch_mqtt_reason r)
 {
 	/* Built once per reason from its text: "PUBLISH topic name contains a
@@ -163,6 +173,28 @@ static void labelled(text *t, const char *name, const char *help, const hub_metr
 	for (size_t i = 0; i < n; i++)
 		put(t, "%s{reason=\"%s\"} %llu\n", name, labels[i].name,
 		    (unsigned long long)labels[i].count);
+}
+
+/* twin_families renders the twin counters: labels "op:status" are twin
+ * answers, "desired_patch:result" desired patches. */
+static void twin_families(text *t, const hub_metrics *m)
+{
+	family(t, "perch_hub_twin_requests_total", "counter",
+	       "Twin requests answered, by operation (get, reported) and status.");
+	for (size_t i = 0; i < m->ntwin; i++) {
+		const char *colon = strchr(m->twin[i].name, ':');
+		if (colon != NULL && strncmp(m->twin[i].name, "desired_patch:", 14) != 0)
+			put(t, "perch_hub_twin_requests_total{op=\"%.*s\",status=\"%s\"} %llu\n",
+			    (int)(colon - m->twin[i].name), m->twin[i].name, colon + 1,
+			    (unsigned long long)m->twin[i].count);
+	}
+	family(t, "perch_hub_twin_desired_patches_total", "counter",
+	       "Desired changes for connected identities: sent, not_subscribed, not_sent.");
+	for (size_t i = 0; i < m->ntwin; i++) {
+		if (strncmp(m->twin[i].name, "desired_patch:", 14) == 0)
+			put(t, "perch_hub_twin_desired_patches_total{result=\"%s\"} %llu\n",
+			    m->twin[i].name + 14, (unsigned long long)m->twin[i].count);
+	}
 }
 
 typedef struct queue_sum {
@@ -281,6 +313,16 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	labelled(&t, "perch_hub_denied_total",
 	         "Publishes and subscriptions an identity was not allowed, by kind.", m->denied,
 	         m->ndenied);
+	twin_families(&t, m);
+	family(&t, "perch_hub_method_calls_total", "counter",
+	       "Direct method calls by the HTTP status of their answer (200: the target "
+	       "answered), cancelled (the invoker went away), unmatched_answer.");
+	for (size_t i = 0; i < m->nmethods; i++)
+		put(&t, "perch_hub_method_calls_total{status=\"%s\"} %llu\n", m->methods[i].name,
+		    (unsigned long long)m->methods[i].count);
+	family(&t, "perch_hub_method_calls_pending", "gauge",
+	       "Direct method calls waiting for their target or its answer.");
+	put(&t, "perch_hub_method_calls_pending %zu\n", hub_iothub_pending_calls(h));
 	if (t.failed) {
 		perch_free(t.p);
 		return PERCH_ENOMEM;

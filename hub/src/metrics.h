@@ -33,6 +33,10 @@ typedef struct hub_metrics {
 	size_t ndrops;
 	hub_metrics_label auth[16]; /* CONNECTs refused, by hub_auth_reason */
 	size_t nauth;
+	hub_metrics_label twin[24]; /* "op:status" of twin answers, "desired_patch:result" */
+	size_t ntwin;
+	hub_metrics_label methods[16]; /* direct method calls by the invoker's answer */
+	size_t nmethods;
 	hub_metrics_label denied[4]; /* publishes and subscriptions refused */
 	size_t ndenied;
 	hub_metrics_label routed[8]; /* messages routed, by sink kind */
@@ -51,6 +55,11 @@ void hub_metrics_dropped(hub_metrics *m, const char *label, uint64_t n);
 void hub_metrics_auth_refused(hub_metrics *m, const char *label);
 void hub_metrics_denied(hub_metrics *m, const char *label);
 void hub_metrics_routed(hub_metrics *m, const char *label);
+/* label "get:200", "reported:204", ..., "desired_patch:sent" (iothub.c). */
+void hub_metrics_twin(hub_metrics *m, const char *label);
+/* label: the HTTP status a method call was answered with, "cancelled" or
+ * "unmatched_answer" (method.c). */
+void hub_metrics_method(hub_metrics *m, const char *label);
 /* A snake_case label for a decoder reason (static storage, per reason). */
 const char *hub_metrics_reason_label(perch_mqtt_reason r);
 

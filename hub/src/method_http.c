@@ -1,0 +1,334 @@
+/*
+ * method_http.c — IoT Edge hub's direct-method REST endpoint on perch-hub's
+ * WebSocket listeners (ws:// and wss://), what ModuleClient.invokeMethod of
+ * the Azure IoT SDKs calls:
+ *
+ *   POST /twins/{device}/modules/{module}/methods   (a module)
+ *   POST /twins/{device}/methods                    (the device, a leaf device)
+ *   Authorization: SharedAccessSignature sr=...&sig=...&se=...
+ *   x-ms-edge-moduleId: {caller device}/{caller module}    (optional)
+ *   {"methodName":"reboot","payload":{...},"responseTimeoutInSeconds":30}
+ *
+ * The token is checked with the rules of CONNECT (identity.h); the caller
+ * is the identity it names (x-ms-edge-moduleId, when sent, must be that
+ * identity). method.c does the rest and the answer comes back here, maybe
+ * minutes later, while the connection waits. listen.c hands every HTTP
+ * callback of its WebSocket protocol here. Loop thread only.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "iothub_int.h"
+#include "perch/alloc.h"
+#include "perch/log.h"
+#include "perch/props.h"
+
+#define LOG_MOD          "hub.method"
+#define MAX_BODY         (132ull * 1024)  /* bytes: a 128 KiB payload and its envelope */
+#define MAX_DISCARD      (1024ull * 1024) /* bytes of a refused body read (and dropped) first */
+#define MAX_AUTH         2048             /* bytes of the Authorization header */
+#define WAIT_LIMIT_S     (300 + 300 + 30) /* longest a call may take, and some */
+#define ERR_UNAUTHORIZED 401002u
+
+struct hub_method_http {
+	struct lws *wsi;
+	hub *h;
+	hub_identity caller;
+	char device[PERCH_DEVICE_ID_MAX + 1]; /* target */
+	char module[PERCH_DEVICE_ID_MAX + 1]; /* "" for a device */
+	char *body;                           /* the request body, len of expect bytes */
+	size_t len, expect;
+	hub_method_call *call; /* pending in method.c, or NULL */
+	unsigned status;       /* non-zero once the answer is known */
+	char *answer;          /* its body (JSON) */
+	size_t alen;
+	bool headers_sent;
+	bool deferred; /* answered already: send it once the body is read (dropped) */
+	bool close;    /* close the connection after the answer (a body left unread) */
+};
+
+static void req_free(hub_method_http *r)
+{
+	if (r == NULL)
+		return;
+	if (r->call != NULL)
+		hub_method_cancel(r->h, r->call);
+	perch_free(r->body);
+	perch_free(r->answer);
+	perch_free(r);
+}
+
+/* answer_now sets r's answer (body borrowed, copied) and asks to write it. */
+static void answer_now(hub_method_http *r, unsigned status, const char *body, size_t len)
+{
+	perch_free(r->answer);
+	r->answer = perch_malloc(len > 0 ? len : 1);
+	r->alen = r->answer != NULL ? len : 0;
+	if (r->answer != NULL && len > 0)
+		memcpy(r->answer, body, len);
+	r->status = status;
+	lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
+	if (!r->deferred)
+		lws_callback_on_writable(r->wsi);
+}
+
+static void answer_error(hub_method_http *r, unsigned status, unsigned code, const char *msg)
+{
+	char body[512];
+	size_t n = hub_iothub_error_body(body, sizeof body, code, msg);
+	answer_now(r, status, body, n);
+}
+
+/* call_done: method.c's answer. */
+static void call_done(void *arg, unsigned status, const char *body, size_t len)
+{
+	hub_method_http *r = arg;
+	r->call = NULL;
+	answer_now(r, status, body, len);
+}
+
+/* segment copies the next path segment of *p (up to '/' or the end),
+ * percent-decoded, into out; false when empty, too long or badly encoded. */
+static bool segment(const char **p, char *out, size_t cap)
+{
+	const char *s = *p, *e = strchr(s, '/');
+	size_t n = e != NULL ? (size_t)(e - s) : strlen(s);
+	size_t dn = 0;
+	if (n == 0 ||
+	    perch_props_url_decode((perch_slice){s, n}, out, cap - 1, &dn, NULL) != PERCH_OK)
+		return false;
+	out[dn] = '\0';
+	*p = s + n;
+	return dn > 0 && memchr(out, '\0', dn) == NULL;
+}
+
+/* parse_path: "/twins/{d}/methods" or "/twins/{d}/modules/{m}/methods". */
+static bool parse_path(const char *path, char *device, size_t dcap, char *module, size_t mcap)
+{
+	if (strncmp(path, "/twins/", 7) != 0)
+		return false;
+	const char *p = path + 7;
+	module[0] = '\0';
+	if (!segment(&p, device, dcap))
+		return false;
+	if (strncmp(p, "/modules/", 9) == 0) {
+		p += 9;
+		if (!segment(&p, module, mcap))
+			return false;
+	}
+	return strcmp(p, "/methods") == 0 || strcmp(p, "/methods/") == 0;
+}
+
+/* token_identity: "d" or "d/m" from the sr= resource of a SAS token
+ * ("{host}/devices/{d}[/modules/{m}]", URL-encoded). */
+static bool token_identity(const char *token, char *out, size_t cap)
+{
+	const char *sr = strstr(token, "sr=");
+	if (sr == NULL)
+		return false;
+	sr += 3;
+	size_t n = strcspn(sr, "& ");
+	char res[600];
+	size_t rn = 0;
+	if (perch_props_url_decode((perch_slice){sr, n}, res, sizeof res - 1, &rn, NULL) !=
+	    PERCH_OK)
+		return false;
+	res[rn] = '\0';
+	const char *d = strstr(res, "/devices/");
+	if (d == NULL)
+		return false;
+	d += 9;
+	const char *m = strstr(d, "/modules/");
+	if (m == NULL)
+		return (size_t)snprintf(out, cap, "%s", d) < cap;
+	return (size_t)snprintf(out, cap, "%.*s/%s", (int)(m - d), d, m + 9) < cap;
+}
+
+/* authenticate checks the Authorization header like a CONNECT's password;
+ * false (and an answer set) when it does not authenticate. */
+static bool authenticate(hub_method_http *r)
+{
+	hub *h = r->h;
+	char auth[MAX_AUTH];
+	int n = lws_hdr_total_length(r->wsi, WSI_TOKEN_HTTP_AUTHORIZATION) < (int)sizeof auth
+	                ? lws_hdr_copy(r->wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION)
+	                : -1;
+	char claimed[HUB_IDENT_NAME_MAX] = "";
+	const char *why = NULL;
+	if (n <= 0)
+		why = "no Authorization header (a SharedAccessSignature)";
+	else if (lws_hdr_custom_length(r->wsi, "x-ms-edge-moduleid:", 19) > 0) {
+		if (lws_hdr_custom_copy(r->wsi, claimed, sizeof claimed,
+		                        "x-ms-edge-moduleid:", 19) <= 0)
+			why = "x-ms-edge-moduleId is too long";
+	} else if (!token_identity(auth, claimed, sizeof claimed)) {
+		why = "the token names no identity";
+	}
+	if (why == NULL) {
+		char user[sizeof h->ids.iothub_host + HUB_IDENT_NAME_MAX + 40];
+		snprintf(user, sizeof user, "%s/%s/?api-version=2018-06-28", h->ids.iothub_host,
+		         claimed);
+		hub_auth_request req = {
+		        .client_id = perch_slice_cstr(claimed),
+		        .username = perch_slice_cstr(user),
+		        .has_password = true,
+		        .password = {auth, (size_t)n},
+		        .cert_cn = NULL,
+		        .allow_anonymous = false,
+		        .now = (uint64_t)time(NULL),
+		};
+		uint8_t code = 0;
+		hub_auth_reason reason = hub_auth_check(&h->ids, &req, &r->caller, &code);
+		if (reason == HUB_AUTH_OK && r->caller.kind != HUB_IDENT_ANONYMOUS)
+			return true;
+		why = reason == HUB_AUTH_OK ? "no identity" : hub_auth_reason_str(reason);
+	}
+	memset(auth, 0, sizeof auth);
+	PERCH_WARN(LOG_MOD, "method call on %s%s%s refused (401): %s%s%s", r->device,
+	           r->module[0] ? "/" : "", r->module, why, claimed[0] ? " for " : "", claimed);
+	char msg[200];
+	snprintf(msg, sizeof msg, "not authorized: %s", why);
+	answer_error(r, 401, ERR_UNAUTHORIZED, msg);
+	return false;
+}
+
+/* refuse answers before the body is read: a body of up to MAX_DISCARD
+ * bytes is read and dropped first (so the client reads the answer, and the
+ * connection can serve another request); a larger one is not read: the
+ * connection closes after the answer. */
+static int refuse(hub_method_http *r, unsigned long long body, unsigned status, unsigned code,
+                  const char *msg)
+{
+	r->deferred = body > 0 && body <= MAX_DISCARD;
+	r->close = body > MAX_DISCARD;
+	answer_error(r, status, code, msg);
+	return 0;
+}
+
+/* begin takes the headers of a request to a method path. */
+static int begin(struct lws *wsi, hub_method_http **slot, const char *device, const char *module)
+{
+	hub_method_http *r = perch_calloc(1, sizeof *r);
+	if (r == NULL)
+		return -1;
+	*slot = r;
+	r->wsi = wsi;
+	r->h = lws_context_user(lws_get_context(wsi));
+	snprintf(r->device, sizeof r->device, "%s", device);
+	snprintf(r->module, sizeof r->module, "%s", module);
+	char cl[32] = "";
+	unsigned long long want = 0;
+	bool has_length = lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0;
+	char *end = NULL;
+	if (has_length) {
+		want = strtoull(cl, &end, 10);
+		if (end == cl || *end != '\0')
+			return refuse(r, ULLONG_MAX, 400, 400004, "a bad Content-Length");
+	}
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) <= 0)
+		return refuse(r, want, 405, 405000, "direct methods are invoked with POST");
+	if (!has_length)
+		return refuse(r, ULLONG_MAX, 411, 411000, "a Content-Length is needed");
+	if (want > MAX_BODY)
+		return refuse(r, want, 413, 413000, "the request body is over 132 KiB");
+	r->deferred = want > 0; /* for a refusal: after the body */
+	if (!authenticate(r))
+		return 0;
+	r->deferred = false;
+	r->expect = (size_t)want;
+	r->body = perch_malloc(r->expect > 0 ? r->expect : 1);
+	if (r->body == NULL)
+		return -1;
+	/* The answer may take up to connect + response timeouts. */
+	lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, WAIT_LIMIT_S);
+	if (r->expect == 0)
+		answer_error(r, 400, 400004, "the request has no body");
+	return 0;
+}
+
+static int write_answer(hub_method_http *r, hub_method_http **slot)
+{
+	struct lws *wsi = r->wsi;
+	if (!r->headers_sent) {
+		uint8_t buf[LWS_PRE + 512], *start = buf + LWS_PRE, *p = start,
+		                            *end = buf + sizeof buf - 1;
+		if (lws_add_http_common_headers(wsi, r->status, "application/json; charset=utf-8",
+		                                r->alen, &p, end) ||
+		    (r->close &&
+		     lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
+		                                  (const unsigned char *)"close", 5, &p, end)) ||
+		    lws_finalize_write_http_header(wsi, start, &p, end))
+			return -1;
+		r->headers_sent = true;
+		lws_callback_on_writable(wsi);
+		return 0;
+	}
+	uint8_t *buf = perch_malloc(LWS_PRE + r->alen + 1);
+	if (buf == NULL)
+		return -1;
+	memcpy(buf + LWS_PRE, r->answer, r->alen);
+	int w = lws_write(wsi, buf + LWS_PRE, r->alen, LWS_WRITE_HTTP_FINAL);
+	perch_free(buf);
+	bool close = r->close;
+	req_free(r);
+	*slot = NULL;
+	if (w < 0 || close)
+		return -1;
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_method_http **slot,
+                       void *in, size_t len)
+{
+	hub_method_http *r = *slot;
+	switch (reason) {
+	case LWS_CALLBACK_HTTP: {
+		char device[PERCH_DEVICE_ID_MAX + 1], module[PERCH_DEVICE_ID_MAX + 1];
+		if (!parse_path((const char *)in, device, sizeof device, module, sizeof module))
+			return 1; /* not a method path: the caller answers */
+		req_free(r);
+		*slot = NULL;
+		return begin(wsi, slot, device, module);
+	}
+	case LWS_CALLBACK_HTTP_BODY:
+		if (r == NULL || r->status != 0)
+			return 0; /* answered already: what still comes is dropped */
+		if (len > r->expect - r->len) {
+			r->close = true;
+			answer_error(r, 400, 400004, "more body than Content-Length said");
+			return 0;
+		}
+		memcpy(r->body + r->len, in, len);
+		r->len += len;
+		return 0;
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		if (r != NULL && r->deferred) {
+			r->deferred = false;
+			lws_callback_on_writable(wsi);
+			return 0;
+		}
+		if (r == NULL || r->status != 0)
+			return 0;
+		if (r->len != r->expect) {
+			r->close = true;
+			answer_error(r, 400, 400004, "less body than Content-Length said");
+			return 0;
+		}
+		hub_method_invoke(r->h, &r->caller, r->device, r->module, r->body, r->len,
+		                  call_done, r, &r->call);
+		return 0;
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+		if (r == NULL || r->status == 0)
+			return 0;
+		return write_answer(r, slot);
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		req_free(r);
+		*slot = NULL;
+		return 0;
+	default: return 0;
+	}
+}
