@@ -90,7 +90,7 @@
  * place, so the sender overwrites only those bytes. */
 #define JSON_PREFIX "{\"machine\":{\"temperature\":30},\"h\":\""
 #define JSON_HEX_AT (sizeof JSON_PREFIX - 1)
-#define JSON_MIN    (JSON_HEX_AT + 2 * 24 + sizeof "\",\"p\":\"\"}" - 1)
+#define JSON_MIN    (JSON_HEX_AT + 48u + sizeof "\",\"p\":\"\"}" - 1)
 
 static void json_header(uint8_t *payload, const uint8_t *head)
 {
