@@ -459,6 +459,22 @@ static int start_container(agent *a, agent_mod *m, const char *why)
 	if (err != PERCH_OK) {
 		set_desc(m, AGENT_RT_FAILED, "start failed: %s", agent_docker_errmsg(a->docker));
 		PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
+		/* "task ...: already exists": the engine failed to clean up the last
+		 * run (containerd kept its task, seen under load) and will refuse
+		 * every start of this container; a new container is the way out. */
+		const char *why_not = agent_docker_errmsg(a->docker);
+		if (strncmp(why_not, "task ", 5) == 0 &&
+		    strstr(why_not, ": already exists") != NULL &&
+		    agent_docker_remove(a->docker, m->id, true) == PERCH_OK) {
+			PERCH_WARN("agent",
+			           "module %s: the engine kept a stale task for container %.12s: "
+			           "replaced by a new container",
+			           m->name, m->id);
+			m->id[0] = '\0';
+			m->pid = 0;
+			m->fresh = true;
+			return 1; /* not started: the next pass (at once) creates it */
+		}
 		return 5000;
 	}
 	m->start_ms = now;
@@ -529,6 +545,21 @@ static int min_wait(int a, int b)
 	return a < b ? a : b;
 }
 
+/* quiet_and_running: the container summary c (from the list) shows m's
+ * container running and healthy, and nothing about m is pending (it was
+ * inspected since its last start, no restarts in a row to reset, no engine
+ * restart to check). The safety pass then costs one list call, not an
+ * inspect per module, so it holds up die events less. */
+static bool quiet_and_running(const agent_mod *m, const json_t *c)
+{
+	const char *state = json_string_value(json_object_get(c, "State"));
+	const char *status = json_string_value(json_object_get(c, "Status"));
+	return m->m->status == AGENT_STATUS_RUNNING && m->rt == AGENT_RT_RUNNING && m->pid > 0 &&
+	       m->backoff_n == 0 && !m->fresh && !m->engine_check && m->next_try_ms == 0 &&
+	       state != NULL && strcmp(state, "running") == 0 &&
+	       (status == NULL || strstr(status, "unhealthy") == NULL);
+}
+
 /* reconcile_one converges one module given its container summary (or
  * NULL); returns the ms until it wants another look, or -1. */
 static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
@@ -557,6 +588,8 @@ static int reconcile_one(agent *a, agent_mod *m, const json_t *c)
 			m->fresh = true;
 		}
 	}
+	if (have && quiet_and_running(m, c))
+		return -1; /* the list says all there is to know: no inspect */
 	if (have) {
 		perch_err err = agent_docker_inspect(a->docker, m->id, &st, NULL);
 		if (err == PERCH_ENOENT)
@@ -793,6 +826,7 @@ static void fast_started(void *ud, perch_err err, long http, const json_t *resp,
 			int64_t now = agent_now_ms();
 			m->start_ms = now;
 			m->restart_ms = now;
+			m->pid = 0; /* a new process: the next pass inspects it */
 			m->restart_count++;
 			m->backoff_n++;
 			m->next_try_ms = 0;
