@@ -928,6 +928,7 @@ static int handle_connect(hub_broker *b, hub_conn *c, const perch_mqtt_connect *
 	           c->client_id, who, s->persistent ? "persistent" : "clean",
 	           present ? " resumed" : "", (unsigned)p->keep_alive);
 	deliver(b, s);
+	hub_iothub_conn_seen(c);
 	return 0;
 }
 
@@ -1026,6 +1027,7 @@ static int handle_subscribe(hub_broker *b, hub_conn *c, const perch_mqtt_packet 
 			send_retained(b, s, f.filter, cv[k]);
 	if (cv != codes)
 		perch_free(cv);
+	hub_iothub_conn_seen(c); /* a method target or desired-patch reader now? */
 	return rc;
 }
 

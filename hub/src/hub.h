@@ -163,8 +163,9 @@ void hub_iothub_close(hub *h);
 /* hub_iothub_publish takes a $iothub/... publish from c (authenticated).
  * Returns true when it handled it (the broker only acknowledges it). */
 bool hub_iothub_publish(hub_conn *c, perch_slice topic, perch_slice payload);
-/* hub_iothub_conn_seen: c's input was processed; an active authenticated
- * connection becomes its identity's (method calls, desired patches). Cheap. */
+/* hub_iothub_conn_seen: c (authenticated) was accepted, or subscribed: it
+ * becomes its identity's connection for method calls and desired patches
+ * (the broker calls it after CONNECT and after each SUBSCRIBE). */
 void hub_iothub_conn_seen(hub_conn *c);
 /* Direct method calls waiting for their answer (metrics). */
 size_t hub_iothub_pending_calls(const hub *h);

@@ -16,8 +16,8 @@
  * through hub_conn_send: the broker's router never sees it.
  *
  * The broker calls in for every $iothub publish, identity change and
- * closed connection; listen.c calls hub_iothub_conn_seen after each read,
- * which is how this file learns which connection each identity has (a
+ * closed connection, and calls hub_iothub_conn_seen after CONNECT and after
+ * each SUBSCRIBE, which is how this file learns which connection each identity has (a
  * method's target, a desired patch's recipient). Loop thread only.
  */
 #include <stdio.h>

@@ -64,14 +64,6 @@ typedef struct ws_pss {
 } ws_pss;
 _Static_assert(offsetof(ws_pss, conn) == 0, "cb_ws takes user as a hub_conn");
 
-/* rx_done: after c's bytes were taken, tell iothub.c who is online. */
-static int rx_done(hub_conn *c, int rc)
-{
-	if (rc == 0)
-		hub_iothub_conn_seen(c);
-	return rc;
-}
-
 static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                  size_t len)
 {
@@ -87,7 +79,7 @@ static int cb_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 			         "text WebSocket frame (MQTT needs binary frames)");
 			return -1;
 		}
-		return rx_done(c, hub_conn_rx(c, in, len));
+		return hub_conn_rx(c, in, len);
 	case LWS_CALLBACK_SERVER_WRITEABLE: return hub_conn_writeable(c);
 	case LWS_CALLBACK_CLOSED: hub_conn_closed(c); return 0;
 	case LWS_CALLBACK_HTTP: {
@@ -119,7 +111,7 @@ static int cb_raw(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	hub_conn *c = user;
 	switch (reason) {
 	case LWS_CALLBACK_RAW_ADOPT: return hub_conn_opened(hub_of(wsi), c, wsi, false);
-	case LWS_CALLBACK_RAW_RX: return rx_done(c, hub_conn_rx(c, in, len));
+	case LWS_CALLBACK_RAW_RX: return hub_conn_rx(c, in, len);
 	case LWS_CALLBACK_RAW_WRITEABLE: return hub_conn_writeable(c);
 	case LWS_CALLBACK_RAW_CLOSE: hub_conn_closed(c); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: hub_broker_wake(hub_of(wsi)); return 0;
