@@ -1,14 +1,16 @@
 """Identities at perch-hub (docs/identity.md), against the real binary with
 raw MQTT packets and paho: SAS tokens of modules (keys derived from the
-device key), of the device and of leaf devices; every refusal with its
+device key), of the device and of leaf devices (also under a clock shifted
+with libfaketime); X.509 client certificates; every refusal with its
 CONNACK code and a log line that names the reason without the token; the
 per-identity topic rules; $.cdid/$.cmid stamped from the identity; a module
 that leaves the deployment (hub deployment file + SIGHUP) or a device key
 that changes ends the sessions. Tokens are made here with Python's hmac, the
 way the Azure IoT SDKs make them."""
 import base64
-import subprocess
+import glob
 import hashlib
+import subprocess
 import hmac
 import json
 import os
@@ -75,8 +77,8 @@ def idhub(make_broker, workdir):
     write_deployment(paths["dep"], ["filter", "sensor"])
     write_private(paths["leaves"], json.dumps({"leaf1": {"primaryKey": LEAFKEY}}))
 
-    def make(anonymous=False):
-        b = make_broker(anonymous=anonymous, extra_args=[
+    def make(anonymous=False, wrap=None):
+        b = make_broker(anonymous=anonymous, wrap=wrap, extra_args=[
             "--set", f"device.id={DEV}", "--set", f"device.iothub_hostname={HOSTNAME}",
             "--set", f"device.key_file={paths['key']}",
             "--set", f"device.hub_deployment={paths['dep']}",
@@ -255,3 +257,24 @@ def test_x509_leaf_device(idhub, make_broker, tls_files, workdir):
     c = h.Raw(b.ports["mqtt"])
     assert c.connect("good", user=f"{HOSTNAME}/good/?api-version=1",
                      password=sas(f"{HOSTNAME}/devices/good", LEAFKEY)).rc == 4
+
+
+@pytest.mark.parametrize("shift,expiry,code,reason", [
+    ("+2d", 3600, 4, "token_expired"),            # the hub's clock is ahead: expired
+    ("-2d", 3600, 4, "token_lifetime_too_long"),  # behind: expires too far ahead
+    ("+3m", 60, 0, None),                         # within the clock skew (5 min)
+    ("-3m", 86400 - 60, 0, None),                 # the longest lifetime, skew allowed
+])
+def test_tokens_under_a_shifted_clock(idhub, shift, expiry, code, reason):
+    """The hub runs under faketime with its clock shifted; tokens are made
+    with this machine's clock, as a device with a wrong clock would."""
+    # env execs the hub itself (the faketime wrapper would not pass SIGTERM on)
+    libs = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+    assert libs, "libfaketime missing (deploy/install-deps.sh installs faketime)"
+    lib = libs[0]
+    b = idhub(wrap=lambda cmd: ["env", f"LD_PRELOAD={lib}", f"FAKETIME={shift}"] + cmd)
+    cid, user, pw = mod_creds("filter", expiry=int(time.time()) + expiry)
+    _, rc = connect(b, cid, user, pw)
+    assert rc == code, f"faketime {shift}, token for {expiry} s: CONNACK {rc}\n{b.log_tail(5)}"
+    if reason:
+        assert h.metric_sum(b.metrics(), "perch_hub_auth_refused_total", reason=reason) == 1
