@@ -156,6 +156,8 @@ typedef struct agent_hubproc {
 	bool hup_warned;  /* said once that it does not handle SIGHUP */
 	uint32_t deaths;  /* in a row, for the restart backoff */
 	int last_status;  /* wait status of the last death */
+	int64_t cert_ns;  /* hub.pem's mtime when given to the hub; -1: not the agent's */
+	bool cycling;     /* stopped on purpose (new certificate): start again at once */
 } agent_hubproc;
 
 /* A graceful stop in flight (POST /containers/ID/stop, asynchronous): the

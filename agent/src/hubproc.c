@@ -25,8 +25,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <stddef.h>
+#include <sys/stat.h>
+
 #include "agent.h"
 #include "perch/alloc.h"
+#include "perch/config.h"
 #include "perch/log.h"
 
 static const agent_backoff hub_backoff = {.base_ms = 1000, .max_ms = 30000, .healthy_ms = 60000};
@@ -57,15 +61,83 @@ void agent_hub_init(agent *a, const char *argv0)
 	h->path = perch_strdup(path);
 }
 
+/* The hub's TLS keys, read from the configuration file's hub: section only
+ * to learn whether the user set them (the hub checks its section itself). */
+typedef struct user_tls_keys {
+	char *cert;
+	char *key;
+} user_tls_keys;
+
+static const perch_cfg_key user_tls_table[] = {
+        {"hub.tls.cert", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_tls_keys, cert), NULL,
+         "PEM certificate of the hub"},
+        {"hub.tls.key", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_tls_keys, key), NULL,
+         "PEM private key of the hub"},
+};
+
+/* arg_names_tls: is hub argument i (of args) one that sets the hub's TLS
+ * certificate or key? */
+static bool arg_names_tls(const perch_strlist *args, size_t i)
+{
+	const char *s = args->items[i];
+	if (strncmp(s, "--tls-cert", 10) == 0 || strncmp(s, "--tls-key", 9) == 0)
+		return true;
+	const char *v = NULL;
+	if (strncmp(s, "--set=", 6) == 0)
+		v = s + 6;
+	else if (strcmp(s, "--set") == 0 && i + 1 < args->n)
+		v = args->items[i + 1];
+	return v != NULL &&
+	       (strncmp(v, "hub.tls.cert=", 13) == 0 || strncmp(v, "hub.tls.key=", 12) == 0);
+}
+
+/* user_sets_tls: did the user choose the hub's certificate or key, in
+ * agent.hub.args or in the configuration file's hub: section? */
+static bool user_sets_tls(const agent *a)
+{
+	for (size_t i = 0; i < a->cfg.hub_args.n; i++)
+		if (arg_names_tls(&a->cfg.hub_args, i))
+			return true;
+	if (a->config_path == NULL)
+		return false;
+	static const char *const others[] = {"agent", "device", "cloud", "upstream", NULL};
+	user_tls_keys k = {0};
+	perch_cfg_errors errs = {0};
+	bool set = false;
+	size_t n = sizeof user_tls_table / sizeof user_tls_table[0];
+	/* The hub's other keys are "unknown" to this table: those errors are
+	 * the hub's to report, and the two keys are set all the same. */
+	if (perch_cfg_defaults(user_tls_table, n, &k) == PERCH_OK) {
+		perch_err err =
+		        perch_cfg_load_file(user_tls_table, n, others, a->config_path, &k, &errs);
+		(void)err;
+		set = (k.cert != NULL && k.cert[0] != '\0') || (k.key != NULL && k.key[0] != '\0');
+	}
+	perch_cfg_errors_free(&errs);
+	perch_cfg_free(user_tls_table, n, &k);
+	return set;
+}
+
+/* cert_mtime_ns: modification time of the agent's hub.pem; 0 when absent. */
+static int64_t cert_mtime_ns(const agent *a)
+{
+	char path[AGENT_PATH_MAX + 16];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/hub.pem", a->cfg.device.certs_dir);
+	if (stat(path, &st) != 0)
+		return 0;
+	return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+}
+
 static void hub_spawn(agent *a)
 {
 	agent_hubproc *h = &a->hub;
 	size_t n = a->cfg.hub_args.n;
-	char **argv = perch_calloc(n + 6, sizeof *argv);
+	char **argv = perch_calloc(n + 10, sizeof *argv);
 	if (argv == NULL)
 		return;
 	size_t k = 0;
-	char set_id[300];
+	char set_id[300], set_cert[AGENT_PATH_MAX + 32], set_key[AGENT_PATH_MAX + 32];
 	argv[k++] = h->path;
 	if (a->config_path != NULL) {
 		argv[k++] = (char *)"--config";
@@ -76,6 +148,20 @@ static void hub_spawn(agent *a)
 		snprintf(set_id, sizeof set_id, "device.id=%s", a->device_id);
 		argv[k++] = (char *)"--set";
 		argv[k++] = set_id;
+	}
+	/* The agent's server certificate, unless the user chose one; given
+	 * before agent.hub.args, which thus still win. */
+	h->cert_ns = -1;
+	if (!user_sets_tls(a)) {
+		h->cert_ns = cert_mtime_ns(a);
+		snprintf(set_cert, sizeof set_cert, "hub.tls.cert=%s/hub.pem",
+		         a->cfg.device.certs_dir);
+		snprintf(set_key, sizeof set_key, "hub.tls.key=%s/hub.key",
+		         a->cfg.device.certs_dir);
+		argv[k++] = (char *)"--set";
+		argv[k++] = set_cert;
+		argv[k++] = (char *)"--set";
+		argv[k++] = set_key;
 	}
 	for (size_t i = 0; i < n; i++)
 		argv[k++] = a->cfg.hub_args.items[i];
@@ -139,6 +225,15 @@ int agent_hub_tick(agent *a)
 	if (h->ready) {
 		if (h->deaths > 0 && agent_restart_reset(&hub_backoff, now - h->start_ms))
 			h->deaths = 0;
+		if (h->cert_ns >= 0 && !h->cycling && cert_mtime_ns(a) != h->cert_ns) {
+			/* The hub reads its certificate at start only. */
+			PERCH_NOTICE(
+			        "agent",
+			        "%s/hub.pem changed: restarting perch-hub (pid %d) to serve it",
+			        a->cfg.device.certs_dir, (int)h->pid);
+			h->cycling = true;
+			kill(h->pid, SIGTERM);
+		}
 		h->next_ms = now + 5000;
 		return 5000;
 	}
@@ -177,6 +272,15 @@ void agent_hub_reap(agent *a)
 		if (pid != h->pid)
 			continue;
 		h->last_status = status;
+		if (h->cycling) {
+			h->cycling = false;
+			h->pid = 0;
+			h->ready = false;
+			h->next_ms = agent_now_ms();
+			PERCH_NOTICE("agent", "perch-hub (pid %d) stopped: starting it again",
+			             (int)pid);
+			continue;
+		}
 		if (WIFEXITED(status))
 			PERCH_ERROR("agent", "perch-hub (pid %d) exited with %d", (int)pid,
 			            WEXITSTATUS(status));
