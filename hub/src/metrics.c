@@ -102,6 +102,11 @@ void hub_metrics_method(hub_metrics *m, const char *label)
 	bump(m->methods, &m->nmethods, sizeof m->methods / sizeof m->methods[0], label, 1);
 }
 
+void hub_metrics_c2d(hub_metrics *m, const char *label)
+{
+	bump(m->c2d, &m->nc2d, sizeof m->c2d / sizeof m->c2d[0], label, 1);
+}
+
 const char *hub_metrics_reason_label(perch_mqtt_reason r)
 {
 	/* Built once per reason from its text: "PUBLISH topic name contains a
@@ -320,6 +325,12 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	for (size_t i = 0; i < m->nmethods; i++)
 		put(&t, "perch_hub_method_calls_total{status=\"%s\"} %llu\n", m->methods[i].name,
 		    (unsigned long long)m->methods[i].count);
+	family(&t, "perch_hub_c2d_messages_total", "counter",
+	       "Cloud-to-device messages offered to the hub, by result: queued, queue_full, "
+	       "too_big, unknown_device, bad_request, store_full, error.");
+	for (size_t i = 0; i < m->nc2d; i++)
+		put(&t, "perch_hub_c2d_messages_total{result=\"%s\"} %llu\n", m->c2d[i].name,
+		    (unsigned long long)m->c2d[i].count);
 	family(&t, "perch_hub_method_calls_pending", "gauge",
 	       "Direct method calls waiting for their target or its answer.");
 	put(&t, "perch_hub_method_calls_pending %zu\n", hub_iothub_pending_calls(h));

@@ -41,6 +41,8 @@ typedef struct hub_metrics {
 	size_t ndenied;
 	hub_metrics_label routed[8]; /* messages routed, by sink kind */
 	size_t nrouted;
+	hub_metrics_label c2d[12]; /* cloud-to-device messages offered, by result */
+	size_t nc2d;
 } hub_metrics;
 
 void hub_metrics_conn_opened(hub_metrics *m);
@@ -60,6 +62,7 @@ void hub_metrics_twin(hub_metrics *m, const char *label);
 /* label: the HTTP status a method call was answered with, "cancelled" or
  * "unmatched_answer" (method.c). */
 void hub_metrics_method(hub_metrics *m, const char *label);
+void hub_metrics_c2d(hub_metrics *m, const char *label);
 /* A snake_case label for a decoder reason (static storage, per reason). */
 const char *hub_metrics_reason_label(perch_mqtt_reason r);
 
