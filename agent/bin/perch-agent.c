@@ -4,8 +4,10 @@
  * stored under the data dir), starts perch-hub, and runs one poll loop over
  * the Docker client's sockets and timers, the management socket, the
  * modules' workload sockets, a signal pipe and its own timers (certificate
- * renewal among them). At start it resolves the device id, makes the device
- * key and certificates when they are missing (identity.c). `perch-agent status` asks a running agent.
+ * renewal among them), and the MQTT link to the hub over which it keeps the
+ * $edgeAgent twin (hublink.c). At start it resolves the device id, makes
+ * the device key and certificates when they are missing (identity.c).
+ * `perch-agent status` asks a running agent.
  *
  * Signals: SIGTERM/SIGINT end the loop (modules keep running; the hub child
  * is stopped), SIGHUP re-reads the manifest, SIGCHLD reaps the hub.
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "../src/agent.h"
+#include "../src/hublink.h"
 #include "perch/alloc.h"
 #include "perch/log.h"
 
@@ -312,15 +315,21 @@ static void run_loop(agent *ag)
 		if (ag->cfg.manifest != NULL)
 			timeout = min_timeout(timeout, next_poll - now);
 		timeout = min_timeout(timeout, agent_identity_tick(ag));
+		if (ag->link != NULL)
+			timeout = min_timeout(timeout,
+			                      agent_hublink_tick(ag->link, agent_now_ms(),
+			                                         ag->hub.pid > 0 && ag->hub.ready));
 		fds[0] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
 		fds[1] = (struct pollfd){.fd = ag->mgmt_fd, .events = POLLIN};
 		size_t nw = agent_workload_pollfds(ag, fds + 2, MAX_FDS / 2);
-		size_t n = agent_docker_pollfds(ag->docker, fds + 2 + nw, MAX_FDS - 2 - nw);
-		if (n > MAX_FDS - 2 - nw)
-			n = MAX_FDS - 2 - nw;
+		size_t nl = agent_hublink_pollfds(ag->link, fds + 2 + nw, 1);
+		size_t base = 2 + nw + nl;
+		size_t n = agent_docker_pollfds(ag->docker, fds + base, MAX_FDS - base);
+		if (n > MAX_FDS - base)
+			n = MAX_FDS - base;
 		timeout = min_timeout(timeout, agent_docker_timeout_ms(ag->docker));
 		timeout = min_timeout(timeout, agent_workload_timeout_ms(ag));
-		if (poll(fds, n + nw + 2, timeout) < 0 && errno != EINTR) {
+		if (poll(fds, base + n, timeout) < 0 && errno != EINTR) {
 			PERCH_ERROR("agent", "poll: %s", strerror(errno));
 			break;
 		}
@@ -346,8 +355,9 @@ static void run_loop(agent *ag)
 			if (again)
 				reload(ag, "reload requested on the management socket");
 		}
-		agent_docker_service(ag->docker, fds + 2 + nw, n);
+		agent_docker_service(ag->docker, fds + base, n);
 		agent_workload_service(ag, fds + 2, nw);
+		agent_hublink_service(ag->link, fds + 2 + nw, nl, agent_now_ms());
 	}
 }
 
@@ -400,6 +410,19 @@ int main(int argc, char **argv)
 		goto out;
 	if (ag.cfg.hub_enabled)
 		agent_hub_init(&ag, argv[0]);
+	if (ag.cfg.hub_enabled && ag.cfg.hub_twin) {
+		agent_hublink_cfg lc = {.host = "127.0.0.1",
+		                        .port = (int)ag.cfg.hub_port,
+		                        .device_id = ag.device_id,
+		                        .iothub_hostname = ag.cfg.device.iothub_hostname,
+		                        .device_key = ag.device_key,
+		                        .token_lifetime_ms = ag.cfg.hub_token_ms,
+		                        .report = agent_report_twin,
+		                        .ud = &ag};
+		if (agent_hublink_new(&lc, &ag.link) != PERCH_OK)
+			PERCH_ERROR("agent",
+			            "no $edgeAgent twin: the link to perch-hub cannot be made");
+	}
 	if (ag.cfg.manifest != NULL) {
 		ag.manifest_mtime_ns = file_mtime_ns(ag.cfg.manifest);
 		if (agent_apply_file(&ag, ag.cfg.manifest) != PERCH_OK) {
@@ -421,6 +444,8 @@ int main(int argc, char **argv)
 	run_loop(&ag);
 	rc = 0;
 out:
+	agent_hublink_free(ag.link);
+	ag.link = NULL;
 	if (ag.docker != NULL)
 		agent_docker_events_stop(ag.docker);
 	agent_mods_free(&ag);

@@ -54,6 +54,8 @@ typedef struct agent_settings {
 	perch_strlist hub_args;  /* arguments given to perch-hub */
 	int64_t hub_port;        /* PERCH_HUB_PORT for modules; readiness probe */
 	int64_t hub_ready_ms;    /* modules wait at most this long for the hub */
+	bool hub_twin;           /* publish the report as the $edgeAgent twin (hublink.c) */
+	int64_t hub_token_ms;    /* lifetime of the $edgeAgent SAS token */
 	int64_t restart_base_ms; /* second restart waits this long; then doubling */
 	int64_t restart_max_ms;  /* cap of the backoff */
 	int64_t healthy_ms;      /* running this long resets the backoff */
@@ -195,6 +197,7 @@ typedef struct agent {
 	int64_t next_cert_check_ms; /* next look at the certificates' expiry */
 	struct agent_wl *wl;        /* workload sockets and connections (workload.c) */
 	agent_hubproc hub;
+	struct agent_hublink *link; /* the $edgeAgent twin link (hublink.h), or NULL */
 	agent_backoff backoff;
 	agent_stopping stopping[AGENT_MAX_STOPPING];
 } agent;
@@ -256,8 +259,13 @@ PERCH_MUST_USE perch_err agent_state_genid_prune(agent *a);
 /* agent_report_module returns a new reference: one module as IoT Edge
  * reports it. */
 json_t *agent_report_module(const agent_mod *m);
-/* agent_report returns a new reference: the agent's reported properties. */
+/* agent_report returns a new reference: the agent's reported properties,
+ * and (key "twin") the state of the $edgeAgent twin link. */
 json_t *agent_report(const agent *a);
+/* agent_report_twin returns a new reference: the reported properties as
+ * published in the $edgeAgent twin (agent_report without "twin"); ud is
+ * the agent (an agent_hublink_report_fn). */
+json_t *agent_report_twin(void *ud);
 /* agent_report_table prints the human table of a report (borrowed). */
 void agent_report_table(const json_t *report, FILE *out);
 

@@ -5,13 +5,16 @@
  * statusDescription, lastStartTimeUtc, lastExitTimeUtc, restartCount,
  * lastRestartTimeUtc and settings.image / imageHash / imageDigest; for the
  * deployment lastDesiredVersion and lastDesiredStatus {code, description}.
- * Also the table `perch-agent status` prints, and the time helpers.
+ * Also the table `perch-agent status` prints, and the time helpers. The
+ * same report, without its "twin" member (the link's own state), is what
+ * hublink.c publishes as the $edgeAgent twin's reported properties.
  */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "agent.h"
+#include "hublink.h"
 
 int64_t agent_now_ms(void)
 {
@@ -151,7 +154,16 @@ json_t *agent_report(const agent *a)
 	for (size_t i = 0; i < a->n_mods; i++)
 		json_object_set_new(mods, a->mods[i].name, agent_report_module(&a->mods[i]));
 	json_object_set_new(r, "modules", mods);
-	json_object_set_new(r, "workload", agent_workload_report(a)); /* a Perch extra */
+	json_object_set_new(r, "workload", agent_workload_report(a));  /* a Perch extra */
+	json_object_set_new(r, "twin", agent_hublink_status(a->link)); /* not published */
+	return r;
+}
+
+json_t *agent_report_twin(void *ud)
+{
+	json_t *r = agent_report(ud);
+	if (r != NULL)
+		json_object_del(r, "twin");
 	return r;
 }
 
@@ -171,6 +183,22 @@ void agent_report_table(const json_t *report, FILE *out)
 	const json_t *hub = json_object_get(json_object_get(report, "systemModules"), "edgeHub");
 	fprintf(out, "hub:        %s (%s)\n", str_of(hub, "runtimeStatus"),
 	        str_of(hub, "statusDescription"));
+	const json_t *twin = json_object_get(report, "twin");
+	if (twin != NULL) {
+		const char *err = str_of(twin, "lastError");
+		if (json_is_true(json_object_get(twin, "inSync")))
+			fprintf(out, "twin:       in sync (reported version %lld)\n",
+			        (long long)json_integer_value(
+			                json_object_get(twin, "reportedVersion")));
+		else if (json_is_true(json_object_get(twin, "connected")))
+			fprintf(out, "twin:       updating (reported version %lld)%s%s\n",
+			        (long long)json_integer_value(
+			                json_object_get(twin, "reportedVersion")),
+			        err[0] != '\0' ? ": " : "", err);
+		else
+			fprintf(out, "twin:       not connected%s%s\n", err[0] != '\0' ? ": " : "",
+			        err);
+	}
 	fprintf(out, "%-20s %-10s %5s %8s  %-24s %s\n", "MODULE", "STATUS", "EXIT", "RESTARTS",
 	        "LAST START (UTC)", "DESCRIPTION");
 	const char *name;
