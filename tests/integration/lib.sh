@@ -50,3 +50,41 @@ stop_agent() {
 	agent_pid=
 	return $rc
 }
+
+# agent_test_cleanup NAME: the EXIT trap of a test that runs perch-agent with
+# the Docker engine and a perch-env of its own:
+#   trap 'agent_test_cleanup test_x' EXIT
+# With the test's exit status rc: stops the agent (stop_agent); runs the
+# test's cleanup_extra function, if it defines one (it may read rc); on
+# failure prints the last 40 lines of each $tmp/agent*.log; removes the
+# containers labelled perch.instance=$inst (on the default engine and on each
+# engine socket in the array docker_socks, if set), the network $net and the
+# images in the array images; runs `perch-env.sh down` for each state
+# directory in the array env_dirs (default: $PERCH_ENV_DIR); removes $tmp;
+# prints "NAME: passed in Ns" (from $start) or "NAME: FAILED (exit rc)" and
+# exits with rc.
+agent_test_cleanup() {
+	local rc=$? name=$1 f sock dir i
+	set +eu
+	stop_agent
+	declare -F cleanup_extra >/dev/null && cleanup_extra
+	if [ $rc -ne 0 ]; then
+		for f in "$tmp"/agent*.log; do
+			[ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
+		done
+	fi
+	for sock in /var/run/docker.sock "${docker_socks[@]}"; do
+		[ -S "$sock" ] || continue
+		timeout 30 docker -H "unix://$sock" ps -aq --filter "label=perch.instance=$inst" |
+			xargs -r timeout 60 docker -H "unix://$sock" rm -f >/dev/null 2>&1
+	done
+	[ -n "$net" ] && timeout 60 docker network rm "$net" >/dev/null 2>&1
+	for i in "${images[@]}"; do timeout 60 docker rmi -f "$i" >/dev/null 2>&1; done
+	[ ${#env_dirs[@]} -gt 0 ] || env_dirs=("$PERCH_ENV_DIR")
+	for dir in "${env_dirs[@]}"; do
+		PERCH_ENV_DIR=$dir timeout 120 bash deploy/perch-env.sh down >/dev/null 2>&1
+	done
+	[ -n "$tmp" ] && rm -rf "$tmp"
+	if [ $rc -eq 0 ]; then echo "$name: passed in $((SECONDS - start))s"; else echo "$name: FAILED (exit $rc)"; fi
+	exit $rc
+}

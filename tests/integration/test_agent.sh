@@ -46,29 +46,8 @@ export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60 PERCH_IMA
 agent_pid=
 images=()
 
-cleanup() {
-	local rc=$?
-	set +e
-	stop_agent
-	[ -n "$stall_pid" ] && kill "$stall_pid" 2>/dev/null
-	if [ $rc -ne 0 ]; then
-		for f in "$tmp"/agent*.log; do
-			[ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
-		done
-	fi
-	timeout 30 docker ps -aq --filter "label=perch.instance=$inst" | xargs -r timeout 60 docker rm -f >/dev/null 2>&1
-	timeout 60 docker network rm "$net" >/dev/null 2>&1
-	for i in "${images[@]}"; do timeout 60 docker rmi -f "$i" >/dev/null 2>&1; done
-	timeout 120 bash deploy/perch-env.sh down >/dev/null 2>&1
-	rm -rf "$tmp"
-	if [ $rc -eq 0 ]; then
-		echo "test_agent: passed in $((SECONDS - start))s"
-	else
-		echo "test_agent: FAILED (exit $rc)"
-	fi
-	exit $rc
-}
-trap cleanup EXIT
+cleanup_extra() { [ -n "$stall_pid" ] && kill "$stall_pid" 2>/dev/null; }
+trap 'agent_test_cleanup test_agent' EXIT
 trap 'exit 1' INT TERM
 
 echo "# state dir $PERCH_ENV_DIR, registry port $PERCH_REGISTRY_PORT, tag $tag"

@@ -46,36 +46,14 @@ tag=f$$
 agent_pid=
 images=()
 env_dirs=()
+docker_socks=()
 
 unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
 PERCH_REGISTRY_PORT=$(free_port)
 export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
 env_dirs+=("$PERCH_ENV_DIR")
 
-cleanup() {
-	local rc=$? dir
-	set +e
-	stop_agent
-	if [ $rc -ne 0 ]; then
-		for f in "$tmp"/agent*.log; do
-			[ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
-		done
-	fi
-	for sock in /var/run/docker.sock ${psock:+"$psock"}; do
-		[ -S "$sock" ] || continue
-		timeout 30 docker -H "unix://$sock" ps -aq --filter "label=perch.instance=$inst" |
-			xargs -r timeout 60 docker -H "unix://$sock" rm -f >/dev/null 2>&1
-	done
-	timeout 60 docker network rm "$net" >/dev/null 2>&1
-	for i in "${images[@]}"; do timeout 60 docker rmi -f "$i" >/dev/null 2>&1; done
-	for dir in "${env_dirs[@]}"; do
-		PERCH_ENV_DIR=$dir timeout 120 bash deploy/perch-env.sh down >/dev/null 2>&1
-	done
-	rm -rf "$tmp"
-	if [ $rc -eq 0 ]; then echo "test_agent_faults: passed in $((SECONDS - start))s"; else echo "test_agent_faults: FAILED (exit $rc)"; fi
-	exit $rc
-}
-trap cleanup EXIT
+trap 'agent_test_cleanup test_agent_faults' EXIT
 trap 'exit 1' INT TERM
 
 timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
@@ -378,6 +356,7 @@ if [ "${PERCH_TEST_PRIVATE_DOCKERD:-1}" = 1 ]; then
 	pdir=$tmp/penv
 	env_dirs+=("$pdir")
 	psock=$tmp/pd/docker.sock
+	docker_socks+=("$psock")
 	pport=$(free_port)
 	penv() { PERCH_ENV_DIR=$pdir PERCH_DOCKER_SOCK=$psock PERCH_REGISTRY_PORT=$pport timeout 180 bash deploy/perch-env.sh "$@"; }
 	penv up >"$tmp/pup.log" 2>&1 || { tail -20 "$tmp/pup.log"; fail "private engine up"; }
