@@ -9,7 +9,8 @@
  *   what the twin holds (one in flight, at most one per min_interval);
  *   PINGREQ when quiet; a clean reconnect before the token expires.
  *   Any error, EOF or missed answer --> IDLE, again after a backoff (1 s
- *   doubling to 30 s, reset once a link has stayed up 10 s).
+ *   doubling to 30 s, reset once a link has stayed up 10 s) — or at once
+ *   when the hub has just (re)started (the caller says when it is ready).
  *
  * What the twin holds is learnt from the GET at each connect, so a module
  * that left the deployment while the agent or the hub was down is still
@@ -80,6 +81,7 @@ struct agent_hublink {
 	int64_t expiry_ms;   /* when the current token expires */
 	int64_t last_tx_ms;  /* last bytes queued (keepalive) */
 	bool ping_out;       /* a PINGREQ awaits its PINGRESP */
+	bool hub_was_ready;  /* hub_ready at the last tick */
 	int64_t up_ms;       /* when the link came up (0: not up since the last drop) */
 	uint32_t failures;   /* connects in a row that did not last */
 	uint16_t next_pid;   /* SUBSCRIBE packet ids */
@@ -740,6 +742,10 @@ static int64_t until(int64_t t, int64_t now, int64_t best)
 
 int agent_hublink_tick(agent_hublink *l, int64_t now, bool hub_ready)
 {
+	/* A hub that (re)starts is a new peer: no reason to wait for it. */
+	if (hub_ready && !l->hub_was_ready && l->state == L_IDLE)
+		l->next_ms = now;
+	l->hub_was_ready = hub_ready;
 	if (l->state == L_IDLE) {
 		if (!hub_ready)
 			return -1;
