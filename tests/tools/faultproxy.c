@@ -238,10 +238,11 @@ static bool parse_u64(const char *s, uint64_t max, uint64_t *out)
 static const char *quote(const char *s, char *buf, size_t cap)
 {
 	size_t i = 0;
-	for (; i < 32 && i + 1 < cap && s[i]; i++)
+	for (; i < 32 && i + 1 < cap && s[i]; i++) {
 		buf[i] = s[i];
-	if (s[i] < 0x20 || s[i] >= 0x7f)
-		buf[i] = '?';
+		if (s[i] < 0x20 || s[i] >= 0x7f)
+			buf[i] = '?';
+	}
 	buf[i] = '\0';
 	return buf;
 }
