@@ -54,6 +54,7 @@ class FaultProxy:
             raise AssertionError(f"{FAULTPROXY_BIN} is not built (make O={O} "
                                  f"{O}/test/tools/faultproxy)")
         self.target = (target_host, target_port)
+        self._own_log = log_path is None  # removed after a clean stop
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="faultproxy-", suffix=".log")
             os.close(fd)
@@ -177,6 +178,11 @@ class FaultProxy:
             self.proc.stdout.close()
         rc = self.proc.returncode
         assert rc == 0, f"faultproxy exited {rc}: {self.log()}"
+        if self._own_log:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
         return rc
 
     def __enter__(self):
