@@ -40,7 +40,7 @@ static void usage(FILE *f)
 	        "usage: perch-hub [--config FILE] [--listen URL]... [--data-dir DIR]\n"
 	        "                 [--allow-anonymous] [--metrics HOST:PORT] [--log-level LEVEL]\n"
 	        "                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
-	        "                 [--set KEY=VALUE]...\n"
+	        "                 [--upstream URL] [--set KEY=VALUE]...\n"
 	        "\n"
 	        "perch-hub is Perch's local MQTT 3.1.1 broker: modules, leaf devices and the\n"
 	        "agent connect to it over WebSocket or TCP; every QoS 1 message it acknowledges\n"
@@ -56,6 +56,7 @@ static void usage(FILE *f)
 	        "  --tls-cert FILE     PEM certificate for wss:// and mqtts://\n"
 	        "  --tls-key FILE      PEM private key\n"
 	        "  --tls-client-ca FILE  ask clients for certificates signed by this CA\n"
+	        "  --upstream URL      the parent hub: mqtts:// or wss://HOST:PORT\n"
 	        "  --set KEY=VALUE     any setting below, e.g. --set hub.max_inflight=200\n"
 	        "  --help, --version\n"
 	        "\nSettings (config file keys; flags override the file):\n",
@@ -104,6 +105,7 @@ static int parse_args(int argc, char **argv, args *a)
 	        {"tls-cert", required_argument, NULL, 'C'},
 	        {"tls-key", required_argument, NULL, 'K'},
 	        {"tls-client-ca", required_argument, NULL, 'A'},
+	        {"upstream", required_argument, NULL, 'U'},
 	        {"set", required_argument, NULL, 's'},
 	        {"help", no_argument, NULL, 'h'},
 	        {"version", no_argument, NULL, 'V'},
@@ -116,9 +118,9 @@ static int parse_args(int argc, char **argv, args *a)
 	static const struct {
 		int opt;
 		const char *key;
-	} simple[] = {{'l', "hub.listen"},       {'d', "hub.data_dir"}, {'m', "hub.metrics"},
-	              {'v', "hub.log_level"},    {'C', "hub.tls.cert"}, {'K', "hub.tls.key"},
-	              {'A', "hub.tls.client_ca"}};
+	} simple[] = {{'l', "hub.listen"},        {'d', "hub.data_dir"},    {'m', "hub.metrics"},
+	              {'v', "hub.log_level"},     {'C', "hub.tls.cert"},    {'K', "hub.tls.key"},
+	              {'A', "hub.tls.client_ca"}, {'U', "hub.upstream.url"}};
 	int opt;
 	opterr = 0;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -266,10 +268,16 @@ int main(int argc, char **argv)
 		            "perch-hub cannot start: a listener could not be opened (see above)");
 		goto out;
 	}
+	if (hub_upstream_open(h) != PERCH_OK) {
+		PERCH_ERROR("hub", "perch-hub cannot start: the upstream link is misconfigured "
+		                   "(see above)");
+		goto out;
+	}
 	rc = 0;
 	hub_listen_run(h);
 	PERCH_NOTICE("hub", "stopping: closing %zu connections and flushing the store", h->nconns);
 out:
+	hub_upstream_close(h);
 	hub_listen_stop(h);
 	hub_iothub_close(h);
 	hub_router_close(h);

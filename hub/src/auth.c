@@ -4,7 +4,9 @@
  * leaf devices file (at start, on SIGHUP, and when one changes: their mtimes
  * are looked at every second), checks each CONNECT (identity.c's rules,
  * plus the common name of a verified TLS client certificate), and stamps
- * $.cdid/$.cmid into telemetry topics from the authenticated identity.
+ * $.cdid/$.cmid into telemetry topics from the authenticated identity (for
+ * a child edge hub, from the module or leaf device the authorized topic
+ * names).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -325,6 +327,15 @@ bool hub_auth_stamp(const hub_identity *id, perch_slice topic, char *out, size_t
 	if (perch_iothub_topic_parse(topic, &t, NULL) != PERCH_OK ||
 	    (t.kind != PERCH_IOTHUB_TELEMETRY && t.kind != PERCH_IOTHUB_MODULE_OUTPUT))
 		return false;
+	/* A child edge hub speaks for its modules and leaf devices: the origin
+	 * comes from the topic, which hub_authz_publish has authorized against
+	 * the registration (never from the property bag the child sent). */
+	hub_identity origin;
+	if (!hub_identity_origin(id, topic, &origin)) {
+		*err = PERCH_EINVAL;
+		return false;
+	}
+	id = &origin;
 	perch_props *props = perch_malloc(sizeof *props);
 	if (props == NULL) {
 		*err = PERCH_ENOMEM;

@@ -203,6 +203,7 @@ hub_auth_reason hub_auth_check(const hub_identities *ids, const hub_auth_request
 		}
 	}
 	out->kind = kind;
+	out->reg = ids;
 	snprintf(out->device, sizeof out->device, "%s", dev);
 	snprintf(out->module, sizeof out->module, "%s", mod);
 	if (have_key)
@@ -265,6 +266,33 @@ static bool seg_is(perch_slice seg, const char *id)
 	return n == strlen(id) && memcmp(dec, id, n) == 0;
 }
 
+bool hub_identity_is_edge(const hub_identity *id)
+{
+	return id->kind == HUB_IDENT_LEAF && id->reg != NULL &&
+	       perch_map_get(&id->reg->edges, perch_slice_cstr(id->device)) != NULL;
+}
+
+/* decode_id decodes a topic segment into out when it is a valid id. */
+static bool decode_id(perch_slice seg, char *out)
+{
+	char dec[PERCH_IOTHUB_MAX_SEGMENT];
+	size_t n = 0;
+	if (perch_props_url_decode(seg, dec, sizeof dec, &n, NULL) != PERCH_OK)
+		return false;
+	return copy_id(dec, n, out);
+}
+
+/* child_leaf: is the device the segment names a leaf registered under the
+ * child edge hub id? */
+static bool child_leaf(const hub_identity *id, perch_slice seg)
+{
+	char dev[PERCH_DEVICE_ID_MAX + 1];
+	if (!hub_identity_is_edge(id) || !decode_id(seg, dev))
+		return false;
+	const char *parent = perch_map_get(&id->reg->parents, perch_slice_cstr(dev));
+	return parent != NULL && strcmp(parent, id->device) == 0;
+}
+
 bool hub_authz_publish(const hub_identity *id, perch_slice topic)
 {
 	if (id->kind == HUB_IDENT_ANONYMOUS)
@@ -277,12 +305,35 @@ bool hub_authz_publish(const hub_identity *id, perch_slice topic)
 	case PERCH_IOTHUB_TWIN_REPORTED:
 	case PERCH_IOTHUB_METHOD_RESPONSE: return true; /* about the connection's own twin */
 	case PERCH_IOTHUB_TELEMETRY:
-		return id->kind != HUB_IDENT_MODULE && seg_is(t.device, id->device);
+		if (id->kind != HUB_IDENT_MODULE && seg_is(t.device, id->device))
+			return true;
+		return child_leaf(id, t.device);
 	case PERCH_IOTHUB_MODULE_OUTPUT:
-		return id->kind == HUB_IDENT_MODULE && seg_is(t.device, id->device) &&
-		       seg_is(t.module, id->module);
+		if (id->kind == HUB_IDENT_MODULE)
+			return seg_is(t.device, id->device) && seg_is(t.module, id->module);
+		return hub_identity_is_edge(id) && seg_is(t.device, id->device);
 	default: return false;
 	}
+}
+
+bool hub_identity_origin(const hub_identity *id, perch_slice topic, hub_identity *out)
+{
+	perch_iothub_topic t;
+	if (perch_iothub_topic_parse(topic, &t, NULL) != PERCH_OK ||
+	    (t.kind != PERCH_IOTHUB_TELEMETRY && t.kind != PERCH_IOTHUB_MODULE_OUTPUT))
+		return false;
+	*out = *id;
+	if (!hub_identity_is_edge(id))
+		return true;
+	out->module[0] = '\0';
+	if (!decode_id(t.device, out->device))
+		return false;
+	if (t.kind == PERCH_IOTHUB_MODULE_OUTPUT) {
+		out->kind = HUB_IDENT_MODULE;
+		if (!decode_id(t.module, out->module))
+			return false;
+	}
+	return true;
 }
 
 /* under: is every topic the filter matches inside prefix (a literal text
@@ -341,6 +392,8 @@ void hub_identities_fini(hub_identities *ids)
 		perch_free(k);
 	}
 	perch_map_fini(&ids->leaves);
+	map_free_values(&ids->edges);
+	map_free_values(&ids->parents);
 	json_decref(ids->edgehub);
 	json_decref(ids->twins);
 	memset(ids->device_key, 0, sizeof ids->device_key);
@@ -460,13 +513,15 @@ perch_err hub_identities_load_leaves(hub_identities *ids, const char *text, size
 	if (root == NULL)
 		return PERCH_EINVAL;
 	perch_err e = PERCH_OK;
-	perch_map leaves = {0};
+	perch_map leaves = {0}, edges = {0}, parents = {0};
 	const char *name;
 	json_t *v;
 	json_object_foreach(root, name, v)
 	{
 		const char *key = json_string_value(json_object_get(v, "primaryKey"));
 		bool x509 = json_is_true(json_object_get(v, "x509"));
+		json_t *edge = json_object_get(v, "edge");
+		json_t *parent = json_object_get(v, "parent");
 		if (!perch_device_valid_id(name) || strcmp(name, ids->device_id) == 0) {
 			e = bad(err, cap, "%.128s: not a leaf device id", name);
 			break;
@@ -479,6 +534,17 @@ perch_err hub_identities_load_leaves(hub_identities *ids, const char *text, size
 			        name);
 			break;
 		}
+		if (edge != NULL && !json_is_boolean(edge)) {
+			e = bad(err, cap, "%.128s.edge: expected true or false", name);
+			break;
+		}
+		if (parent != NULL &&
+		    (!json_is_string(parent) || !perch_device_valid_id(json_string_value(parent)) ||
+		     strcmp(json_string_value(parent), name) == 0)) {
+			e = bad(err, cap, "%.128s.parent: expected the id of a child edge hub",
+			        name);
+			break;
+		}
 		char *k = perch_strdup(key);
 		if (k == NULL ||
 		    perch_map_put(&leaves, perch_slice_cstr(name), k, NULL) != PERCH_OK) {
@@ -487,20 +553,49 @@ perch_err hub_identities_load_leaves(hub_identities *ids, const char *text, size
 			snprintf(err, cap, "out of memory");
 			break;
 		}
+		char *m = NULL;
+		if ((json_is_true(edge) &&
+		     ((m = perch_strdup("")) == NULL ||
+		      perch_map_put(&edges, perch_slice_cstr(name), m, NULL) != PERCH_OK)) ||
+		    (parent != NULL &&
+		     ((m = perch_strdup(json_string_value(parent))) == NULL ||
+		      perch_map_put(&parents, perch_slice_cstr(name), m, NULL) != PERCH_OK))) {
+			perch_free(m);
+			e = PERCH_ENOMEM;
+			snprintf(err, cap, "out of memory");
+			break;
+		}
+	}
+	/* every parent names an edge entry of the same file */
+	size_t pos = 0;
+	const perch_map_slot *slot;
+	while (e == PERCH_OK && (slot = perch_map_next(&parents, &pos)) != NULL) {
+		const char *p = slot->value;
+		if (perch_map_get(&edges, perch_slice_cstr(p)) == NULL)
+			e = bad(err, cap,
+			        "%.128s.parent: %.128s is not an entry with \"edge\": true",
+			        slot->key, p);
 	}
 	if (e == PERCH_OK) {
 		perch_map old = ids->leaves;
 		ids->leaves = leaves;
 		leaves = old;
+		old = ids->edges;
+		ids->edges = edges;
+		edges = old;
+		old = ids->parents;
+		ids->parents = parents;
+		parents = old;
 	}
-	size_t pos = 0;
-	const perch_map_slot *slot;
+	pos = 0;
 	while ((slot = perch_map_next(&leaves, &pos)) != NULL) {
 		char *k = slot->value;
 		memset(k, 0, strlen(k));
 		perch_free(k);
 	}
 	perch_map_fini(&leaves);
+	map_free_values(&edges);
+	map_free_values(&parents);
 	json_decref(root);
 	return e;
 }

@@ -34,6 +34,10 @@ typedef struct hub_identity {
 	char device[PERCH_DEVICE_ID_MAX + 1];
 	char module[PERCH_DEVICE_ID_MAX + 1]; /* "" unless MODULE */
 	char keyfp[17]; /* the key's first characters: a changed key ends it */
+	/* The registry that authenticated it (NULL for hand-made identities):
+	 * a child edge hub's rights to speak for its modules and leaf devices
+	 * are looked up there at each publish, so a reload takes effect. */
+	const struct hub_identities *reg;
 } hub_identity;
 
 /* The identities the hub accepts. */
@@ -43,11 +47,13 @@ typedef struct hub_identities {
 	char device_key[PERCH_DEVICE_KEY_MAX + 1]; /* "" until the key file is read */
 	perch_map modules;                         /* module id -> generation id (owned) */
 	perch_map leaves;                          /* leaf id -> base64 key (owned) */
-	uint64_t deployment;                       /* the agent's deployment counter */
-	json_t *edgehub;                           /* $edgeHub desired (routes), or NULL */
-	json_t *twins;                             /* module -> desired properties, or NULL */
-	uint64_t skew_s;                           /* tolerated clock difference */
-	uint64_t max_lifetime_s;                   /* furthest token expiry accepted */
+	perch_map edges;         /* leaf ids marked "edge": child hubs -> "" (owned) */
+	perch_map parents;       /* leaf id -> the child hub it is under (owned) */
+	uint64_t deployment;     /* the agent's deployment counter */
+	json_t *edgehub;         /* $edgeHub desired (routes), or NULL */
+	json_t *twins;           /* module -> desired properties, or NULL */
+	uint64_t skew_s;         /* tolerated clock difference */
+	uint64_t max_lifetime_s; /* furthest token expiry accepted */
 } hub_identities;
 
 /* Why a CONNECT was refused; hub_auth_reason_str names it (metric label). */
@@ -89,7 +95,21 @@ typedef struct hub_auth_request {
 hub_auth_reason hub_auth_check(const hub_identities *ids, const hub_auth_request *req,
                                hub_identity *out, uint8_t *connack);
 
-/* hub_authz_publish: may id publish to topic? */
+/* hub_identity_is_edge: is id a child edge hub (a leaf device registered
+ * with "edge": true), which may publish for its modules and leaf devices? */
+bool hub_identity_is_edge(const hub_identity *id);
+
+/* hub_identity_origin: for a telemetry or module output topic that id may
+ * publish (hub_authz_publish), the identity the message comes from: id
+ * itself, or for a child edge hub the module or leaf device the topic
+ * names (device and module decoded from the topic). False when topic is
+ * not telemetry or cannot be decoded. */
+bool hub_identity_origin(const hub_identity *id, perch_slice topic, hub_identity *out);
+
+/* hub_authz_publish: may id publish to topic? A child edge hub may also
+ * publish devices/{itself}/modules/{any}/messages/events/... and
+ * devices/{leaf}/messages/events/... for leaf devices registered with
+ * "parent": "{itself}". */
 bool hub_authz_publish(const hub_identity *id, perch_slice topic);
 
 /* hub_authz_subscribe: may id subscribe to filter? */
@@ -126,7 +146,10 @@ PERCH_MUST_USE perch_err hub_identities_load_deployment(hub_identities *ids, con
 
 /*
  * hub_identities_load_leaves replaces the leaf devices from JSON text
- * {"leaf-id": {"primaryKey": "<base64>"}, ...}; same error contract.
+ * {"leaf-id": {"primaryKey": "<base64>"}, ...}; same error contract. An
+ * entry may carry "edge": true (a child edge hub, docs/identity.md) or
+ * "parent": "<id of an edge entry of the same file>" (a leaf device that
+ * speaks through that child hub).
  */
 PERCH_MUST_USE perch_err hub_identities_load_leaves(hub_identities *ids, const char *text,
                                                     size_t len, char *err, size_t cap);

@@ -317,12 +317,90 @@ static void test_authorization(void **state)
 #undef SUB
 }
 
+/* A child edge hub ("edge": true) speaks for its modules and for the leaf
+ * devices registered under it ("parent"); nothing else. */
+static void test_child_edge_hub(void **state)
+{
+	(void)state;
+	hub_identities ids;
+	char err[256];
+	setup_ids(&ids);
+	const char leaves[] =
+	        "{\"child\": {\"primaryKey\": \"" LEAFKEY "\", \"edge\": true},"
+	        " \"under\": {\"primaryKey\": \"" LEAFKEY "\", \"parent\": \"child\"},"
+	        " \"plain\": {\"primaryKey\": \"" LEAFKEY "\"}}";
+	assert_int_equal(hub_identities_load_leaves(&ids, leaves, strlen(leaves), err, sizeof err),
+	                 PERCH_OK);
+	char tok[600];
+	token(HOST "/devices/child", LEAFKEY, NOW + 600, tok, sizeof tok);
+	hub_auth_request req = {.client_id = perch_slice_cstr("child"),
+	                        .username = perch_slice_cstr(HOST "/child/?api-version=2018-06-30"),
+	                        .has_password = true,
+	                        .password = perch_slice_cstr(tok),
+	                        .now = NOW};
+	hub_identity child;
+	uint8_t code = 9;
+	assert_int_equal(hub_auth_check(&ids, &req, &child, &code), HUB_AUTH_OK);
+	assert_int_equal(child.kind, HUB_IDENT_LEAF);
+	assert_true(hub_identity_is_edge(&child));
+	hub_identity plain = child;
+	snprintf(plain.device, sizeof plain.device, "plain");
+	assert_false(hub_identity_is_edge(&plain));
+#define PUB(id, t) hub_authz_publish(&(id), perch_slice_cstr(t))
+	assert_true(PUB(child, "devices/child/messages/events/a=b"));
+	assert_true(PUB(child, "devices/child/modules/any/messages/events/%24.on=o"));
+	assert_true(PUB(child, "devices/under/messages/events/a=b"));
+	assert_true(PUB(child, "devices/und%65r/messages/events/")); /* encoded id */
+	assert_false(PUB(child, "devices/plain/messages/events/"));
+	assert_false(PUB(child, "devices/gw1/messages/events/"));
+	assert_false(PUB(child, "devices/under/modules/m/messages/events/"));
+	assert_false(PUB(child, "devices/plain/modules/m/messages/events/"));
+	assert_false(PUB(child, "devices/gw1/modules/filter/messages/events/"));
+	assert_false(PUB(plain, "devices/under/messages/events/"));
+	assert_false(PUB(plain, "devices/plain/modules/m/messages/events/"));
+#undef PUB
+	/* the origin comes from the topic */
+	hub_identity o;
+	assert_true(hub_identity_origin(
+	        &child, perch_slice_cstr("devices/child/modules/m1/messages/events/"), &o));
+	assert_int_equal(o.kind, HUB_IDENT_MODULE);
+	assert_string_equal(o.device, "child");
+	assert_string_equal(o.module, "m1");
+	assert_true(hub_identity_origin(&child,
+	                                perch_slice_cstr("devices/under/messages/events/x=1"), &o));
+	assert_string_equal(o.device, "under");
+	assert_string_equal(o.module, "");
+	assert_true(hub_identity_origin(&plain, perch_slice_cstr("devices/plain/messages/events/"),
+	                                &o));
+	assert_string_equal(o.device, "plain");
+	assert_false(hub_identity_origin(&child, perch_slice_cstr("$iothub/twin/GET/?$rid=1"), &o));
+	/* a parent that is not an edge entry, a bad edge value, a parent naming itself */
+	const char *bad[] = {"{\"a\": {\"primaryKey\": \"" LEAFKEY "\", \"parent\": \"b\"},"
+	                     " \"b\": {\"primaryKey\": \"" LEAFKEY "\"}}",
+	                     "{\"a\": {\"primaryKey\": \"" LEAFKEY "\", \"edge\": \"yes\"}}",
+	                     "{\"a\": {\"primaryKey\": \"" LEAFKEY "\", \"parent\": \"a\"}}",
+	                     "{\"a\": {\"primaryKey\": \"" LEAFKEY "\", \"parent\": 3}}"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		assert_int_equal(
+		        hub_identities_load_leaves(&ids, bad[i], strlen(bad[i]), err, sizeof err),
+		        PERCH_EINVAL);
+	assert_true(hub_identity_is_edge(&child)); /* the previous list stays */
+	/* a reload without the edge mark takes the rights away */
+	const char demoted[] = "{\"child\": {\"primaryKey\": \"" LEAFKEY "\"}}";
+	assert_int_equal(
+	        hub_identities_load_leaves(&ids, demoted, strlen(demoted), err, sizeof err),
+	        PERCH_OK);
+	assert_false(hub_identity_is_edge(&child));
+	assert_false(hub_authz_publish(
+	        &child, perch_slice_cstr("devices/child/modules/m/messages/events/")));
+	hub_identities_fini(&ids);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	        cmocka_unit_test(test_module_tokens),
-	        cmocka_unit_test(test_devices_and_anonymous),
-	        cmocka_unit_test(test_identities_end),
+	        cmocka_unit_test(test_child_edge_hub),        cmocka_unit_test(test_module_tokens),
+	        cmocka_unit_test(test_devices_and_anonymous), cmocka_unit_test(test_identities_end),
 	        cmocka_unit_test(test_authorization),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -458,6 +458,7 @@ void hub_listen_run(hub *h)
 		if (lws_service(h->ctx, 0) < 0)
 			break;
 		hub_broker_tick(h);
+		hub_upstream_tick(h);
 	}
 }
 

@@ -8,9 +8,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "perch/alloc.h"
 #include "store.h"
+#include "upstream.h"
 
 void hub_metrics_conn_opened(hub_metrics *m)
 {
@@ -215,6 +217,73 @@ static void sum_queue(void *arg, hub_queue *q)
 	s->bytes += qs.bytes;
 }
 
+/* upstream_families renders the upstream link (upstream.c); nothing when
+ * hub.upstream.url is not set. */
+static void upstream_families(text *t, hub *h)
+{
+	hub_upstream_stats u;
+	hub_upstream_get_stats(h, &u);
+	if (!u.configured)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	family(t, "perch_hub_upstream_connected", "gauge", "1 while the link to the parent is up.");
+	put(t, "perch_hub_upstream_connected %d\n", u.up ? 1 : 0);
+	family(t, "perch_hub_upstream_offline_seconds", "gauge",
+	       "Seconds since the link went down (since the start if it never came up); 0 when "
+	       "up.");
+	put(t, "perch_hub_upstream_offline_seconds %.3f\n",
+	    u.up || u.down_since_ms == 0 ? 0.0 : (double)(now - u.down_since_ms) / 1000.0);
+	family(t, "perch_hub_upstream_offline_since_seconds", "gauge",
+	       "Unix time the link went down; 0 when up.");
+	put(t, "perch_hub_upstream_offline_since_seconds %.3f\n",
+	    u.up ? 0.0 : (double)u.down_since_ms / 1000.0);
+	family(t, "perch_hub_upstream_connects_total", "counter", "Connection attempts.");
+	put(t, "perch_hub_upstream_connects_total %llu\n", (unsigned long long)u.connects);
+	family(t, "perch_hub_upstream_reconnects_total", "counter",
+	       "Times the link went down after being up.");
+	put(t, "perch_hub_upstream_reconnects_total %llu\n", (unsigned long long)u.reconnects);
+	family(t, "perch_hub_upstream_refused_total", "counter",
+	       "CONNACKs refusing the link, by return code (4: bad key, 5: not authorized).");
+	for (int c = 1; c <= 5; c++)
+		put(t, "perch_hub_upstream_refused_total{code=\"%d\"} %llu\n", c,
+		    (unsigned long long)u.refused[c]);
+	family(t, "perch_hub_upstream_forwarded_total", "counter",
+	       "Messages acknowledged by the parent (and removed from the queues).");
+	put(t, "perch_hub_upstream_forwarded_total %llu\n", (unsigned long long)u.forwarded);
+	family(t, "perch_hub_upstream_resent_total", "counter",
+	       "Publishes sent again (DUP) after the link came back.");
+	put(t, "perch_hub_upstream_resent_total %llu\n", (unsigned long long)u.resent);
+	family(t, "perch_hub_upstream_inflight", "gauge", "Publishes waiting for PUBACK.");
+	put(t, "perch_hub_upstream_inflight %llu\n", (unsigned long long)u.inflight);
+	family(t, "perch_hub_upstream_dropped_total", "counter",
+	       "Queued messages never sent, by reason.");
+	put(t, "perch_hub_upstream_dropped_total{reason=\"expired\"} %llu\n",
+	    (unsigned long long)u.expired);
+	put(t, "perch_hub_upstream_dropped_total{reason=\"too_big\"} %llu\n",
+	    (unsigned long long)u.dropped_too_big);
+	family(t, "perch_hub_upstream_first_forward_seconds", "gauge",
+	       "From the last link up to its first PUBACK; -1 before the first.");
+	put(t, "perch_hub_upstream_first_forward_seconds %.3f\n",
+	    u.first_forward_ms < 0 ? -1.0 : (double)u.first_forward_ms / 1000.0);
+	family(t, "perch_hub_upstream_queue_messages", "gauge",
+	       "Messages waiting in $upstream, by priority (0 highest).");
+	for (int p = 0; p < HUB_UPSTREAM_PRIOS; p++)
+		put(t, "perch_hub_upstream_queue_messages{priority=\"%d\"} %llu\n", p,
+		    (unsigned long long)u.depth[p]);
+	family(t, "perch_hub_upstream_queue_bytes", "gauge",
+	       "Bytes waiting in $upstream, by priority.");
+	for (int p = 0; p < HUB_UPSTREAM_PRIOS; p++)
+		put(t, "perch_hub_upstream_queue_bytes{priority=\"%d\"} %llu\n", p,
+		    (unsigned long long)u.bytes[p]);
+	family(t, "perch_hub_upstream_oldest_message_age_seconds", "gauge",
+	       "Age of the oldest queued message, by priority (0: empty or not known now).");
+	for (int p = 0; p < HUB_UPSTREAM_PRIOS; p++)
+		put(t, "perch_hub_upstream_oldest_message_age_seconds{priority=\"%d\"} %.3f\n", p,
+		    u.oldest_ms[p] > 0 ? (double)(now - u.oldest_ms[p]) / 1000.0 : 0.0);
+}
+
 perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 {
 	hub_metrics *m = h->metrics;
@@ -334,6 +403,7 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	family(&t, "perch_hub_method_calls_pending", "gauge",
 	       "Direct method calls waiting for their target or its answer.");
 	put(&t, "perch_hub_method_calls_pending %zu\n", hub_iothub_pending_calls(h));
+	upstream_families(&t, h);
 	if (t.failed) {
 		perch_free(t.p);
 		return PERCH_ENOMEM;

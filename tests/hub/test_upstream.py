@@ -1,0 +1,314 @@
+"""The upstream link, hub to hub (docs/hub.md "Upstream", docs/identity.md
+"Child edge hubs"): two real perch-hubs. The child (device gw1) routes
+FROM /messages/* INTO $upstream; a producer module publishes numbered QoS 1
+messages there. The parent (device site) has gw1 registered as a leaf device
+with "edge": true and routes what gw1 forwards to the input of a consumer
+module, a raw MQTT client that records what arrives. Checked: every number
+the producer had acknowledged arrives, in order per priority, across a
+parent that is stopped and started, a kill -9 of the child while it drains,
+priorities, TLS verified against hub.upstream.ca (and a wrong CA refused),
+a wrong device key refused with backoff, and a child that publishes for a
+device it does not speak for refused. Duplicates are counted and printed."""
+import json
+import os
+import re
+import time
+
+import pytest
+
+import hubtest as h
+from test_identity import DEV, DEVKEY, HOSTNAME, module_key, sas, write_private
+
+pytestmark = pytest.mark.perch_only("the upstream link is Perch's")
+
+PARENT = "site"
+PARENT_HOST = "site.example"
+PARENT_KEY = "c2l0ZS1rZXktc2l0ZS1rZXktc2l0ZS1rZXktMTIzNDU="
+
+
+def write_json(path, doc, private=False):
+    tmp = path + ".new"
+    if private:
+        write_private(tmp, json.dumps(doc))
+    else:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def deployment(device, modules, routes):
+    return {"version": 1, "deviceId": device, "deployment": 1,
+            "modules": {m: {"generationId": f"gen-{m}"} for m in modules}, "twins": {},
+            "edgeHub": {"schemaVersion": "1.1", "routes": routes,
+                        "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}}
+
+
+class Pair:
+    """A parent hub and a child hub linked by hub.upstream.url."""
+
+    def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
+                 parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
+                 leaves=None, start_child=True):
+        d = os.path.join(workdir, "ids")
+        os.makedirs(d, exist_ok=True)
+        self.dir = d
+        pk, pd, pl = (os.path.join(d, n) for n in ("parent.key", "parent-dep.json",
+                                                   "parent-leaves.json"))
+        write_private(pk, PARENT_KEY + "\n")
+        write_json(pd, deployment(PARENT, ["consumer"], {
+            "fromChild": "FROM /messages/* INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")"}))
+        write_json(pl, leaves or {DEV: {"primaryKey": DEVKEY, "edge": True}}, private=True)
+        self.parent = make_broker(start=False, anonymous=False, listeners=parent_listeners,
+                                  tls=tls, extra_args=[
+            "--set", f"device.id={PARENT}", "--set", f"device.iothub_hostname={PARENT_HOST}",
+            "--set", f"device.key_file={pk}", "--set", f"device.hub_deployment={pd}",
+            "--set", f"hub.leaf_devices={pl}", "--set", "hub.sync=normal"])
+        self.parent.start()
+        ck, cd = os.path.join(d, "child.key"), os.path.join(d, "child-dep.json")
+        write_private(ck, child_key + "\n")
+        write_json(cd, deployment(DEV, ["producer"], child_routes or {
+            "up": "FROM /messages/* INTO $upstream"}))
+        port = self.parent.ports[scheme]
+        url = f"{scheme}://127.0.0.1:{port}" + ("/$iothub/websocket" if "ws" in scheme else "")
+        args = ["--set", f"device.id={DEV}", "--set", f"device.iothub_hostname={HOSTNAME}",
+                "--set", f"device.key_file={ck}", "--set", f"device.hub_deployment={cd}",
+                "--upstream", url, "--set", f"hub.upstream.hostname={PARENT_HOST}",
+                "--set", "hub.upstream.backoff_max=1s", "--set", "hub.upstream.keepalive=10s",
+                "--set", "hub.sync=normal"]
+        if ca:
+            args += ["--set", f"hub.upstream.ca={ca}"]
+        self.child = make_broker(start=start_child, anonymous=False, listeners=("mqtt",),
+                                 extra_args=args)
+
+    def consumer(self):
+        c = h.Raw(self.parent.ports["mqtt"] if "mqtt" in self.parent.ports
+                  else self.parent.ports["mqtts"], tls="mqtt" not in self.parent.ports)
+        cid = f"{PARENT}/consumer"
+        ack = c.connect(cid, clean=False,
+                        user=f"{PARENT_HOST}/{PARENT}/consumer/?api-version=2018-06-30",
+                        password=sas(f"{PARENT_HOST}/devices/{PARENT}/modules/consumer",
+                                     module_key("consumer", PARENT_KEY)))
+        assert ack.rc == 0, self.parent.log_tail(10)
+        assert c.subscribe([(f"devices/{PARENT}/modules/consumer/#", 1)]) == [1]
+        return c
+
+    def producer(self):
+        c = h.Raw(self.child.ports["mqtt"])
+        ack = c.connect(f"{DEV}/producer", clean=True,
+                        user=f"{HOSTNAME}/{DEV}/producer/?api-version=2018-06-30",
+                        password=sas(f"{HOSTNAME}/devices/{DEV}/modules/producer",
+                                     module_key("producer")))
+        assert ack.rc == 0, self.child.log_tail(10)
+        return c
+
+    def wait_up(self, timeout=20):
+        h.wait_until(lambda: h.metric_sum(self.child.metrics(), "perch_hub_upstream_connected") == 1,
+                     timeout, interval=0.05, what="upstream link up\n" + self.child.log_tail(15))
+
+
+def produce(p, numbers, out="o1", prio=None):
+    for n in numbers:
+        props = f"%24.on={out}&n={n}" + (f"&prio={prio}" if prio else "")
+        p.publish(f"devices/{DEV}/modules/producer/messages/events/{props}",
+                  json.dumps({"n": n}).encode(), qos=1)
+
+
+def collect(c, want, timeout=30):
+    """Messages until every number in want arrived (or timeout); returns
+    (numbers in arrival order, the PUBLISH packets)."""
+    got, pkts = [], []
+    end = time.monotonic() + timeout
+    while not want.issubset(got) and time.monotonic() < end:
+        for m in c.messages(1, timeout=min(1.0, max(0.05, end - time.monotonic()))):
+            pkts.append(m)
+            got.append(json.loads(m.payload)["n"])
+    return got, pkts
+
+
+def check_all(got, want, label):
+    missing = sorted(want - set(got))
+    dups = len(got) - len(set(got))
+    print(f"\n[{label}] received {len(got)} for {len(want)} sent: {len(missing)} missing, "
+          f"{dups} duplicates")
+    assert not missing, f"{label}: missing {missing[:20]}"
+    first = {}
+    for i, n in enumerate(got):
+        first.setdefault(n, i)
+    order = sorted(first, key=first.get)
+    assert order == sorted(order), f"{label}: first arrivals out of order: {order[:40]}"
+    return dups
+
+
+def test_forward_in_order_with_origin(make_broker, workdir):
+    pair = Pair(make_broker, workdir)
+    pair.wait_up()
+    cons = pair.consumer()
+    prod = pair.producer()
+    produce(prod, range(300))
+    got, pkts = collect(cons, set(range(300)))
+    check_all(got, set(range(300)), "link up")
+    # the origin is the child's module, stamped at the parent from the topic
+    t = pkts[0].topic
+    assert f"devices/{PARENT}/modules/consumer/inputs/in/" in t, t
+    assert f"%24.cdid={DEV}" in t and "%24.cmid=producer" in t, t
+    assert "n=0" in t, t
+    m = pair.child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_forwarded_total") >= 300
+    assert h.metric_sum(m, "perch_hub_upstream_queue_messages") == 0
+    assert re.search(r"link to 127\.0\.0\.1:\d+ up as gw1", pair.child.log())
+
+
+def test_outage_queues_then_drains(make_broker, workdir):
+    pair = Pair(make_broker, workdir)
+    pair.wait_up()
+    cons = pair.consumer()
+    prod = pair.producer()
+    produce(prod, range(0, 100))
+    got1, _ = collect(cons, set(range(100)))
+    cons.close()
+    pair.parent.stop()
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0,
+                 15, what="link down")
+    produce(prod, range(100, 600))  # acknowledged by the child while the parent is away
+    m = pair.child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_queue_messages") == 500
+    assert h.metric_sum(m, "perch_hub_upstream_offline_seconds") > 0
+    assert h.metric_sum(m, "perch_hub_upstream_oldest_message_age_seconds") > 0
+    assert re.search(r"link to .* down: ", pair.child.log())
+    pair.parent.start()
+    cons = pair.consumer()
+    got2, _ = collect(cons, set(range(100, 600)))
+    dups = check_all(got1 + got2, set(range(600)), "parent stopped and started")
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(),
+                                      "perch_hub_upstream_queue_messages") == 0, 10)
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_reconnects_total") >= 1
+    print(f"[outage] duplicates: {dups}")
+
+
+def test_kill9_child_while_draining(make_broker, workdir):
+    pair = Pair(make_broker, workdir)
+    pair.wait_up()
+    pair.parent.stop()
+    prod = pair.producer()
+    n = 3000
+    produce(prod, range(n))
+    prod.close()
+    pair.parent.start()
+    cons = pair.consumer()
+    first = cons.messages(1, timeout=20)  # draining has begun
+    assert first, pair.child.log_tail(10)
+    pair.child.kill9()
+    got = [json.loads(m.payload)["n"] for m in first]
+    got += [json.loads(m.payload)["n"] for m in cons.quiet(0.3)]
+    pair.child.start()
+    more, _ = collect(cons, set(range(n)) - set(got), timeout=60)
+    dups = check_all(got + more, set(range(n)), "kill -9 of the child while draining")
+    print(f"[kill -9] delivered before the kill: {len(set(got))}; duplicates: {dups}")
+
+
+def test_high_priority_first(make_broker, workdir):
+    routes = {"hi": {"route": "FROM /messages/* WHERE prio = 'high' INTO $upstream",
+                     "priority": 0},
+              "lo": {"route": "FROM /messages/* WHERE prio = 'low' INTO $upstream",
+                     "priority": 5}}
+    pair = Pair(make_broker, workdir, child_routes=routes)
+    pair.wait_up()
+    pair.parent.stop()
+    prod = pair.producer()
+    produce(prod, range(0, 200), prio="low")
+    produce(prod, range(1000, 1050), prio="high")
+    m = pair.child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_queue_messages", priority="5") == 200
+    assert h.metric_sum(m, "perch_hub_upstream_queue_messages", priority="0") == 50
+    pair.parent.start()
+    cons = pair.consumer()
+    want = set(range(200)) | set(range(1000, 1050))
+    got, _ = collect(cons, want)
+    check_all([n for n in got if n < 1000], set(range(200)), "low")
+    check_all([n for n in got if n >= 1000], set(range(1000, 1050)), "high")
+    first = {}
+    for i, n in enumerate(got):
+        first.setdefault(n, i)
+    last_high = max(first[n] for n in range(1000, 1050))
+    first_low = min(first[n] for n in range(200))
+    assert last_high < first_low, f"high after low: {got[:80]}"
+
+
+def test_tls_verified_and_wrong_ca_refused(make_broker, workdir, tls_files):
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", "mqtts"), scheme="mqtts",
+                tls=tls_files, ca=tls_files[0])
+    pair.wait_up()
+    cons = pair.consumer()
+    produce(pair.producer(), range(20))
+    got, _ = collect(cons, set(range(20)))
+    check_all(got, set(range(20)), "mqtts")
+    # another CA: the parent's certificate is not trusted
+    other = os.path.join(workdir, "other-ca")
+    os.makedirs(other)
+    wrong, _ = h.make_cert(other)
+    pair2_dir = os.path.join(workdir, "second")
+    os.makedirs(pair2_dir)
+    bad = make_broker(anonymous=False, listeners=("mqtt",), extra_args=[
+        "--set", f"device.id={DEV}", "--set", f"device.key_file={pair.dir}/child.key",
+        "--upstream", f"mqtts://127.0.0.1:{pair.parent.ports['mqtts']}",
+        "--set", f"hub.upstream.hostname={PARENT_HOST}", "--set", f"hub.upstream.ca={wrong}",
+        "--set", "hub.upstream.backoff_max=1s"])
+    assert bad.wait_log(r"cannot connect to 127\.0\.0\.1:\d+: ", timeout=15), bad.log_tail(10)
+    line = re.search(r"cannot connect to 127\.0\.0\.1:\d+: .*", bad.log()).group(0)
+    print(f"\n[wrong CA] {line}")
+    assert re.search(r"certificate|verif|tls|ssl", line, re.I), line
+    assert h.metric_sum(bad.metrics(), "perch_hub_upstream_connected") == 0
+
+
+def test_wss_link(make_broker, workdir, tls_files):
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", "wss"), scheme="wss",
+                tls=tls_files, ca=tls_files[0])
+    pair.wait_up()
+    cons = pair.consumer()
+    produce(pair.producer(), range(50))
+    got, _ = collect(cons, set(range(50)))
+    check_all(got, set(range(50)), "wss")
+
+
+def test_wrong_key_refused_with_backoff(make_broker, workdir):
+    wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTI="
+    pair = Pair(make_broker, workdir, child_key=wrong)
+    assert pair.child.wait_log(r"refused by the parent: CONNACK 4", timeout=15), \
+        pair.child.log_tail(10)
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(), "perch_hub_upstream_refused_total",
+                                      code="4") >= 3, 20, what="three refusals")
+    m = pair.child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_connected") == 0
+    assert h.metric_sum(pair.parent.metrics(), "perch_hub_auth_refused_total") >= 3
+    # unregistered at the parent: CONNACK 5
+    write_json(os.path.join(pair.dir, "parent-leaves.json"), {}, private=True)
+    os.kill(pair.parent.pid, 1)
+    assert pair.child.wait_log(r"refused by the parent: CONNACK 5", timeout=15), \
+        pair.child.log_tail(10)
+
+
+def test_child_cannot_speak_for_another_device(make_broker, workdir):
+    leaves = {DEV: {"primaryKey": DEVKEY, "edge": True},
+              "leafA": {"primaryKey": DEVKEY, "parent": DEV},
+              "other": {"primaryKey": DEVKEY}}
+    pair = Pair(make_broker, workdir, leaves=leaves, start_child=False)
+    cons = pair.consumer()
+    c = h.Raw(pair.parent.ports["mqtt"])
+    ack = c.connect(DEV, clean=True, user=f"{PARENT_HOST}/{DEV}/?api-version=2018-06-30",
+                    password=sas(f"{PARENT_HOST}/devices/{DEV}", DEVKEY))
+    assert ack.rc == 0
+    # another device's module, another device's telemetry, a forged $.cdid: refused or restamped
+    c.publish("devices/other/modules/m/messages/events/n=1", b'{"n": 1}', qos=1)
+    c.publish("devices/other/messages/events/n=2", b'{"n": 2}', qos=1)
+    c.publish(f"devices/{PARENT}/modules/consumer/messages/events/n=3", b'{"n": 3}', qos=1)
+    # allowed: its own module, its own leaf device; $.cdid from the topic, not the bag
+    c.publish(f"devices/{DEV}/modules/m2/messages/events/%24.cdid=other&n=4", b'{"n": 4}', qos=1)
+    c.publish("devices/leafA/messages/events/n=5", b'{"n": 5}', qos=1)
+    got = cons.messages(2, timeout=10)
+    got += cons.quiet(0.5)
+    ns = sorted(json.loads(m.payload)["n"] for m in got)
+    assert ns == [4, 5], ns
+    by_n = {json.loads(m.payload)["n"]: m.topic for m in got}
+    assert f"%24.cdid={DEV}" in by_n[4] and "%24.cmid=m2" in by_n[4], by_n[4]
+    assert "%24.cdid=leafA" in by_n[5] and "cmid" not in by_n[5], by_n[5]
+    assert h.metric_sum(pair.parent.metrics(), "perch_hub_denied_total") >= 3
