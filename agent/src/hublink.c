@@ -440,14 +440,16 @@ static void maybe_patch(agent_hublink *l, int64_t now)
 		return;
 	}
 	l->big_logged = false;
-	body = perch_malloc(len > 0 ? len : 1);
-	if (body == NULL) {
-		json_decref(patch);
+	/* json_dumpb allocates too: 0 is its out of memory (a patch is never
+	 * empty: at least "{}"); the next interval tries again. */
+	body = len > 0 ? perch_malloc(len) : NULL;
+	size_t got = body != NULL ? json_dumpb(patch, body, len, JSON_COMPACT) : 0;
+	json_decref(patch);
+	if (got == 0 || got != len || full == 0) {
+		perch_free(body);
 		json_decref(r);
 		return;
 	}
-	len = json_dumpb(patch, body, len, JSON_COMPACT);
-	json_decref(patch);
 	char topic[96];
 	new_rid(l, l->patch_rid, sizeof l->patch_rid);
 	snprintf(topic, sizeof topic, "$iothub/twin/PATCH/properties/reported/?$rid=%s",

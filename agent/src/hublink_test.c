@@ -7,7 +7,8 @@
  * deleting a module the twin still had, coalescing (nothing sent before
  * the interval, nothing when nothing changed), 429 and 400 answers, a
  * dropped connection and the reconnect that finds the twin in sync, a
- * refused login, a missed answer, keepalive pings and the token renewal.
+ * refused login, a missed answer, keepalive pings and the token renewal;
+ * and the diff and the patching under failing allocations (no leak).
  * Time is the test's: the link is driven with a fake clock, and every wait
  * on the socket is bounded.
  */
@@ -45,7 +46,7 @@ static void assert_json(const json_t *got, const char *want_text)
 	if (!json_equal(got, want)) {
 		char *g = json_dumps(got, JSON_COMPACT | JSON_SORT_KEYS);
 		fprintf(stderr, "got  %s\nwant %s\n", g, want_text);
-		free(g);
+		perch_free(g);
 		fail();
 	}
 	json_decref(want);
@@ -115,8 +116,9 @@ typedef struct peer {
 typedef struct fixture {
 	peer p;
 	agent_hublink *l;
-	json_t *cur; /* the report the link publishes */
-	int64_t now; /* the link's clock */
+	json_t *cur;       /* the report the link publishes */
+	int64_t now;       /* the link's clock */
+	size_t base_bytes; /* perch_alloc_bytes before the fixture */
 } fixture;
 
 static json_t *report_cb(void *ud)
@@ -335,6 +337,7 @@ static int setup(void **state)
 	fixture *f = calloc(1, sizeof *f);
 	assert_non_null(f);
 	peer_listen(&f->p);
+	f->base_bytes = perch_alloc_bytes();
 	f->now = agent_now_ms();
 	f->cur = json_loads(
 	        "{\"schemaVersion\":\"1.1\",\"lastDesiredVersion\":1,"
@@ -362,6 +365,7 @@ static int teardown(void **state)
 	peer_close(&f->p);
 	close(f->p.lfd);
 	json_decref(f->cur);
+	assert_int_equal(perch_alloc_bytes(), f->base_bytes); /* nothing leaked */
 	free(f);
 	return 0;
 }
@@ -380,7 +384,7 @@ static void up(fixture *f, const char *reported, uint64_t v)
 	                    json_integer((json_int_t)v));
 	char *text = json_dumps(r, JSON_COMPACT);
 	answer(f, 200, rid, 0, text);
-	free(text);
+	perch_free(text);
 	json_decref(r);
 	assert_true(stat_bool(f, "connected"));
 }
@@ -600,6 +604,78 @@ static void test_token_renewal(void **state)
 	assert_true(stat_bool(f, "inSync"));
 }
 
+/* The diff under every failing allocation: NULL or right, never a leak. */
+static void test_diff_alloc_failures(void **state)
+{
+	(void)state;
+	json_t *from =
+	        json_loads("{\"a\":1,\"m\":{\"x\":{\"s\":1},\"y\":{\"s\":2}},\"z\":[1]}", 0, NULL);
+	json_t *to = json_loads("{\"a\":2,\"m\":{\"x\":{\"s\":3},\"w\":{\"s\":4}},\"n\":{\"k\":1}}",
+	                        0, NULL);
+	size_t before = perch_alloc_bytes();
+	bool done = false;
+	for (long n = 0; n < 1000 && !done; n++) {
+		perch_alloc_fail_after(n);
+		json_t *p = agent_hublink_diff(from, to);
+		perch_alloc_fail_after(-1);
+		if (p != NULL) {
+			assert_json(p,
+			            "{\"a\":2,\"m\":{\"x\":{\"s\":3},\"y\":null,\"w\":{\"s\":4}},"
+			            "\"n\":{\"k\":1},\"z\":null}");
+			json_decref(p);
+			done = true;
+		}
+		assert_int_equal(perch_alloc_bytes(), before);
+	}
+	assert_true(done);
+	json_decref(from);
+	json_decref(to);
+}
+
+/* Patches made while allocations fail: no patch or a right one, the link
+ * stays up, and (teardown) nothing leaks. */
+static void test_patch_alloc_failures(void **state)
+{
+	fixture *f = *state;
+	char rid[64];
+	up(f, "{}", 1);
+	twin_request(f, PERCH_IOTHUB_TWIN_REPORTED, rid, sizeof rid, NULL);
+	answer(f, 204, rid, 2, "");
+	bool clean = false;
+	for (long n = 0; n < 1000 && !clean; n++) {
+		set_restarts(f, (int)n + 10);
+		f->now += 1000;
+		long long sent = stat_int(f, "patches");
+		size_t failures = perch_alloc_failures();
+		perch_alloc_fail_after(n);
+		agent_hublink_tick(f->l, f->now, true);
+		perch_alloc_fail_after(-1);
+		clean = perch_alloc_failures() == failures;
+		assert_true(stat_bool(f, "connected"));
+		if (stat_int(f, "patches") == sent) {
+			/* quiet for 30 s: a ping (on loopback, already here) */
+			struct pollfd pfd = {.fd = f->p.fd, .events = POLLIN};
+			if (poll(&pfd, 1, 0) > 0) {
+				perch_mqtt_packet pkt;
+				peer_expect(f, PERCH_MQTT_PINGREQ, &pkt);
+				perch_mqtt_packet pong = {.type = PERCH_MQTT_PINGRESP};
+				peer_send(f, &pong);
+			}
+			continue;
+		}
+		json_t *body = NULL;
+		twin_request(f, PERCH_IOTHUB_TWIN_REPORTED, rid, sizeof rid, &body);
+		assert_int_equal(json_integer_value(json_object_get(
+		                         json_object_get(json_object_get(body, "modules"), "a"),
+		                         "restartCount")),
+		                 n + 10);
+		json_decref(body);
+		answer(f, 204, rid, (uint64_t)n + 3, "");
+	}
+	assert_true(clean);
+	assert_true(stat_bool(f, "inSync"));
+}
+
 static void test_bad_config(void **state)
 {
 	(void)state;
@@ -622,10 +698,13 @@ static void test_bad_config(void **state)
 
 int main(void)
 {
+	agent_manifest_init(); /* jansson allocates through perch_malloc: counted, failable */
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_diff),
 	        cmocka_unit_test(test_fit),
 	        cmocka_unit_test(test_bad_config),
+	        cmocka_unit_test(test_diff_alloc_failures),
+	        cmocka_unit_test_setup_teardown(test_patch_alloc_failures, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_session, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_refused_login_and_timeouts, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_token_renewal, setup, teardown),
