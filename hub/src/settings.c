@@ -74,7 +74,7 @@ const perch_cfg_key hub_settings_table[] = {
          "first reconnect delay; doubles per failed attempt, jittered to [d/2, d]"},
         {"hub.upstream.backoff_max", PERCH_CFG_DURATION, 100, 300000, "10s",
          F(upstream_backoff_max_ms), NULL, "longest reconnect delay"},
-        {"hub.upstream.token_lifetime", PERCH_CFG_DURATION, 60000, 86400000, "1h",
+        {"hub.upstream.token_lifetime", PERCH_CFG_DURATION, 10000, 86400000, "1h",
          F(upstream_token_lifetime_ms), NULL,
          "lifetime of the link's SAS token; the link reconnects with a new one at 80%"},
         PERCH_DEVICE_CFG_ROWS(hub_settings, device),

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import hubtest as h
+from faultproxy import FaultProxy
 from test_identity import DEV, DEVKEY, HOSTNAME, module_key, sas, write_private
 
 pytestmark = pytest.mark.perch_only("the upstream link is Perch's")
@@ -48,7 +49,7 @@ class Pair:
 
     def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
                  parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
-                 leaves=None, start_child=True):
+                 leaves=None, start_child=True, proxy=False, child_args=()):
         d = os.path.join(workdir, "ids")
         os.makedirs(d, exist_ok=True)
         self.dir = d
@@ -69,6 +70,10 @@ class Pair:
         write_json(cd, deployment(DEV, ["producer"], child_routes or {
             "up": "FROM /messages/* INTO $upstream"}))
         port = self.parent.ports[scheme]
+        self.proxy = None
+        if proxy:  # the link goes through a fault-injecting proxy
+            self.proxy = FaultProxy("127.0.0.1", port)
+            port = self.proxy.port
         url = f"{scheme}://127.0.0.1:{port}" + ("/$iothub/websocket" if "ws" in scheme else "")
         args = ["--set", f"device.id={DEV}", "--set", f"device.iothub_hostname={HOSTNAME}",
                 "--set", f"device.key_file={ck}", "--set", f"device.hub_deployment={cd}",
@@ -77,6 +82,7 @@ class Pair:
                 "--set", "hub.sync=normal"]
         if ca:
             args += ["--set", f"hub.upstream.ca={ca}"]
+        args += list(child_args)
         self.child = make_broker(start=start_child, anonymous=False, listeners=("mqtt",),
                                  extra_args=args)
 
@@ -312,3 +318,78 @@ def test_child_cannot_speak_for_another_device(make_broker, workdir):
     assert f"%24.cdid={DEV}" in by_n[4] and "%24.cmid=m2" in by_n[4], by_n[4]
     assert "%24.cdid=leafA" in by_n[5] and "cmid" not in by_n[5], by_n[5]
     assert h.metric_sum(pair.parent.metrics(), "perch_hub_denied_total") >= 3
+
+
+def test_link_flaps_through_faultproxy(make_broker, workdir):
+    """cut, reset, a reset in the middle of a packet, a dead path noticed only by
+    keepalive, a stall: every acknowledged number arrives, duplicates counted."""
+    pair = Pair(make_broker, workdir, proxy=True,
+                child_args=["--set", "hub.upstream.keepalive=2s"])
+    fp = pair.proxy
+    try:
+        pair.wait_up()
+        cons = pair.consumer()
+        prod = pair.producer()
+        child = pair.child
+
+        def connected():
+            return h.metric_sum(child.metrics(), "perch_hub_upstream_connected")
+
+        produce(prod, range(0, 300))
+        fp.cmd("cut")
+        produce(prod, range(300, 600))
+        h.wait_until(lambda: connected() == 0, 10, what="link down after cut")
+        fp.cmd("pass")
+        pair.wait_up()
+        fp.cmd("reset-after 5000 up")  # a PUBLISH cut in half
+        produce(prod, range(600, 900))
+        h.wait_until(lambda: fp.stats()["resets"] >= 1, 10, what="reset-after fired")
+        pair.wait_up()
+        fp.cmd("halfopen")  # nothing tells either end: keepalive must
+        mark = child.log_mark()
+        produce(prod, range(900, 1200))
+        assert child.wait_log(r"link to .* down: keepalive timeout", mark=mark, timeout=15), \
+            child.log_tail(10)
+        fp.cmd("pass")
+        pair.wait_up()
+        fp.cmd("stall")
+        produce(prod, range(1200, 1500))
+        time.sleep(0.5)
+        fp.cmd("pass")
+        fp.cmd("reset")
+        produce(prod, range(1500, 1800))
+        fp.cmd("pass")
+        got, _ = collect(cons, set(range(1800)), timeout=60)
+        dups = check_all(got, set(range(1800)), "link flapping through faultproxy")
+        m = child.metrics()
+        print(f"[flaps] reconnects {h.metric_sum(m, 'perch_hub_upstream_reconnects_total'):.0f}, "
+              f"resent {h.metric_sum(m, 'perch_hub_upstream_resent_total'):.0f}, "
+              f"duplicates at the consumer {dups}; proxy {fp.stats()}")
+        assert h.metric_sum(m, "perch_hub_upstream_reconnects_total") >= 3
+    finally:
+        fp.stop()
+
+
+def test_token_renewal_keeps_the_session(make_broker, workdir):
+    pair = Pair(make_broker, workdir,
+                child_args=["--set", "hub.upstream.token_lifetime=10s"])
+    pair.wait_up()
+    cons = pair.consumer()
+    prod = pair.producer()
+    mark = pair.child.log_mark()
+    n, i = 0, 0
+    end = time.monotonic() + 20
+    while time.monotonic() < end and not re.search("reconnecting with a new token",
+                                                   pair.child.log_since(mark)):
+        produce(prod, range(n, n + 20))
+        n += 20
+        time.sleep(0.2)
+        i += 1
+    assert re.search("reconnecting with a new token", pair.child.log_since(mark)), \
+        pair.child.log_tail(10)
+    produce(prod, range(n, n + 20))
+    n += 20
+    got, _ = collect(cons, set(range(n)))
+    check_all(got, set(range(n)), "token renewal")
+    pair.wait_up()
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_refused_total") == 0
