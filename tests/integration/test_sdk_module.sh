@@ -27,6 +27,8 @@
 #     reaches the module as a desired update; the container is not recreated
 #   - a direct method POSTed to https://perch-hub:443/twins/D/modules/M/methods
 #     with the device's SAS token gets the module's answer
+#   - hub.pem touched (as a renewal would change it): the agent restarts the
+#     hub at once, the module reconnects and answers a method again
 #   - the reported properties land in the hub's twin: the module stopped (by
 #     the deployment), its identity reads its twin with a twin GET over MQTT
 # Removes only what it created (label perch.instance=sdk-$$). Needs ports
@@ -335,6 +337,26 @@ assert r == {"status": 200, "payload": {"pong": {"n": int(sys.argv[2])}, "module
 sdk_event "e['event'] == 'method' and e['name'] == 'ping' and e['payload'] == {'n': $$}" ||
 	fail "the module did not log the call"
 ok "direct method ping via https://perch-hub:443 (device token) -> $mod's answer {status 200, pong}"
+
+# --- a new hub.pem: the agent restarts the hub, the module comes back ------------------------------------
+# (The agent renews hub.pem when a third of its life is left; the hub reads
+# it only at start. A new modification time stands for a renewal here.)
+touch "$certs/hub.pem"
+new_hub() { local p; p=$(pgrep -P "$agent_pid" -x perch-hub) && [ "$p" != "$hub_pid" ]; }
+wait_for 30 "a new perch-hub after hub.pem changed" new_hub
+grep -q "hub.pem changed: restarting perch-hub (pid $hub_pid)" "$tmp/agent.log" || fail "no log of the restart"
+grep -q "perch-hub (pid $hub_pid) exited\|perch-hub (pid $hub_pid) killed" "$tmp/agent.log" &&
+	fail "the planned restart was logged as a failure"
+timeout 60 curl -sS --cacert "$certs/ca.pem" --resolve "perch-hub:443:$gw" \
+	-H "Authorization: $token" -H 'Content-Type: application/json' \
+	-d '{"methodName": "ping", "payload": "again", "responseTimeoutInSeconds": 10, "connectTimeoutInSeconds": 45}' \
+	-o "$tmp/method2.out" -w '%{http_code}' "https://perch-hub:443/twins/$dev/modules/$mod/methods" \
+	>"$tmp/method2.code" || fail "curl: method call after the hub's restart failed"
+[ "$(cat "$tmp/method2.code")" = 200 ] && /usr/bin/python3 -c '
+import json, sys
+assert json.load(open(sys.argv[1]))["payload"]["pong"] == "again"' "$tmp/method2.out" ||
+	fail "method call after the hub's restart: HTTP $(cat "$tmp/method2.code") $(cat "$tmp/method2.out")"
+ok "hub.pem changed: the agent restarted perch-hub (not counted as a failure); $mod reconnected by itself and answers methods again"
 
 # --- the reported properties, as the hub keeps them ---------------------------------------------------
 sdk_log >"$tmp/sdk.log"
