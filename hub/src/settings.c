@@ -67,7 +67,7 @@ const perch_cfg_key hub_settings_table[] = {
         {"hub.upstream.keepalive", PERCH_CFG_DURATION, 2000, 65535000, "60s",
          F(upstream_keepalive_ms), NULL,
          "MQTT keepalive of the link; a dead link is noticed within it"},
-        {"hub.upstream.window", PERCH_CFG_INT, 1, 65535, "128", F(upstream_window), NULL,
+        {"hub.upstream.window", PERCH_CFG_INT, 1, 65535, "1024", F(upstream_window), NULL,
          "unacknowledged QoS 1 publishes in flight to the parent"},
         {"hub.upstream.backoff_first", PERCH_CFG_DURATION, 10, 60000, "200ms",
          F(upstream_backoff_first_ms), NULL,

@@ -601,6 +601,16 @@ void hub_queue_get_stats(const hub_queue *q, hub_queue_stats *out)
 	};
 }
 
+int64_t hub_queue_oldest_ms(hub_queue *q)
+{
+	for (uint32_t i = 0; i < q->count; i++) {
+		const struct qent *e = at(q, i);
+		if (!(e->flags & QE_ACKED) && e->msg != NULL)
+			return e->msg->created_ms;
+	}
+	return 0;
+}
+
 perch_err hub_queue_push(hub_queue *q, hub_msg *m)
 {
 	hub_store *s = q->s;

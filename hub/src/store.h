@@ -214,6 +214,10 @@ void hub_queue_set_limits(hub_queue *q, uint64_t max_depth, uint64_t max_bytes);
 const char *hub_queue_name(const hub_queue *q);
 uint8_t hub_queue_prio(const hub_queue *q);
 void hub_queue_get_stats(const hub_queue *q, hub_queue_stats *out);
+/* hub_queue_oldest_ms returns the created_ms of q's oldest entry not yet
+ * acked among those in memory (the head window), or 0 when there is none
+ * there. Changes nothing. Loop thread. */
+int64_t hub_queue_oldest_ms(hub_queue *q);
 
 /*
  * hub_queue_push appends m to q (a durable operation: m is stored if it is

@@ -969,7 +969,6 @@ void hub_upstream_get_stats(hub *h, hub_upstream_stats *out)
 	if (u == NULL)
 		return;
 	*out = u->st;
-	int64_t now = wall_ms();
 	for (unsigned p = 0; p < HUB_UPSTREAM_PRIOS; p++) {
 		hub_queue *q = queue_of(u, p);
 		if (q == NULL)
@@ -979,25 +978,7 @@ void hub_upstream_get_stats(hub *h, hub_upstream_stats *out)
 		out->depth[p] = qs.depth;
 		out->bytes[p] = qs.bytes;
 		out->expired += qs.expired;
-		/* The oldest: among those in flight, the queue's head; with none in
-		 * flight and the link down, a look at the head (a rewind changes
-		 * nothing then); otherwise unknown (0). */
-		int64_t oldest = 0;
-		bool any = false;
-		for (size_t i = 0; i < u->window; i++) {
-			if (u->slots[i].q == q) {
-				any = true;
-				if (oldest == 0 || u->slots[i].created_ms < oldest)
-					oldest = u->slots[i].created_ms;
-			}
-		}
-		if (!any && qs.depth > 0 && u->state != UP_UP) {
-			hub_qentry e;
-			hub_queue_rewind(q);
-			if (hub_queue_next(q, now, &e) == PERCH_OK)
-				oldest = e.msg->created_ms;
-			hub_queue_rewind(q);
-		}
+		int64_t oldest = hub_queue_oldest_ms(q);
 		out->oldest_ms[p] = oldest;
 	}
 }

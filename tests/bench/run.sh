@@ -31,6 +31,8 @@
 #   PERCH_BENCH_ONLY        regex over scenario names (e.g. 'tcp-q1'), others skipped
 #   PERCH_BENCH_BROKERS     brokers to run ("mosquitto hub")
 #   PERCH_BENCH_AGENT=0     skip the perch-agent benchmark below
+#   PERCH_BENCH_UPSTREAM=0  skip the upstream link benchmark (tests/bench/upstream_bench.py:
+#                           a backlog of 100,000 messages drained hub to hub; 2,000 with --smoke)
 #
 # Then, unless PERCH_BENCH_AGENT=0, tests/bench/agent_bench.sh (with --smoke
 # when given): perch-agent against Docker's own restart policy, a deployment
@@ -519,6 +521,13 @@ if [ $SMOKE = 1 ]; then
 	else
 		echo "bench smoke: ok ($runs runs)"
 	fi
+fi
+
+# ---- the upstream link, hub to hub: drain rate and time to first forward --------
+if [ "${PERCH_BENCH_UPSTREAM:-1}" != 0 ]; then
+	up_args=()
+	[ $SMOKE = 1 ] && up_args=(--smoke)
+	O=$O /usr/bin/python3 tests/bench/upstream_bench.py "${up_args[@]}" || rc=1
 fi
 
 # ---- perch-agent and Docker's restart policy: a script of its own -------------
