@@ -75,7 +75,7 @@ typedef struct hub_session {
 	uint8_t match_qos;
 	hub_msg *will;   /* published on abnormal disconnect */
 	bool identity;   /* its client id is an identity the hub knows */
-	hub_queue **inq; /* a module's routed inputs "r/<module>/<input>" (store's) */
+	hub_queue **inq; /* routed inputs "r/<module>/<input>", C2D "c/<device>" (store's) */
 	size_t ninq, capinq;
 	size_t inq_next;   /* round robin among them */
 	char *input_topic; /* "devices/{d}/modules/{m}/inputs/", or NULL */
@@ -226,13 +226,18 @@ static perch_err stream_push(hub_broker *b, hub_session *s, hub_msg *m, bool *du
 /* input_wanted: is s subscribed to what input queue q delivers? */
 static bool input_wanted(const hub_session *s, const hub_queue *q)
 {
-	/* "r/<module>/<input>" delivers on devices/{d}/modules/{m}/inputs/<input>/ */
+	/* "r/<module>/<input>" delivers on devices/{d}/modules/{m}/inputs/<input>/,
+	 * "c/<device>" on devices/<device>/messages/devicebound/ */
 	const char *name = hub_queue_name(q);
-	const char *input = strchr(name + 2, '/');
-	if (s->input_topic == NULL || input == NULL)
-		return false;
 	char topic[1024];
-	snprintf(topic, sizeof topic, "%s%s/x", s->input_topic, input + 1);
+	if (name[0] == 'c') {
+		snprintf(topic, sizeof topic, "devices/%s/messages/devicebound/x", name + 2);
+	} else {
+		const char *input = strchr(name + 2, '/');
+		if (s->input_topic == NULL || input == NULL)
+			return false;
+		snprintf(topic, sizeof topic, "%s%s/x", s->input_topic, input + 1);
+	}
 	for (size_t i = 0; i < s->nsubs; i++)
 		if (perch_topic_match(perch_slice_cstr(s->subs[i].filter), perch_slice_cstr(topic)))
 			return true;
@@ -769,11 +774,19 @@ static void bind_one(void *arg, hub_queue *q)
 		attach_input(x->s, q);
 }
 
-/* bind_inputs marks s as an identity's session and, for a module, attaches
- * the queues of its routed inputs. */
+/* bind_inputs marks s as an identity's session and attaches the queues it
+ * receives: a module's routed inputs, a device's cloud-to-device queue. */
 static void bind_inputs(hub_broker *b, hub_session *s, const hub_identity *id)
 {
 	s->identity = id->kind != HUB_IDENT_ANONYMOUS;
+	if (id->kind == HUB_IDENT_DEVICE || id->kind == HUB_IDENT_LEAF) {
+		char name[PERCH_DEVICE_ID_MAX + 3];
+		snprintf(name, sizeof name, "c/%s", id->device);
+		hub_queue *q = hub_store_queue_find(b->store, name);
+		if (q != NULL)
+			attach_input(s, q);
+		return;
+	}
 	if (id->kind != HUB_IDENT_MODULE)
 		return;
 	if (s->input_topic == NULL) {
@@ -785,6 +798,16 @@ static void bind_inputs(hub_broker *b, hub_session *s, const hub_identity *id)
 	snprintf(x.prefix, sizeof x.prefix, "r/%s/", id->module);
 	x.n = strlen(x.prefix);
 	hub_store_queue_each(b->store, bind_one, &x);
+}
+
+void hub_broker_c2d_added(hub *h, const char *device, hub_queue *q)
+{
+	hub_broker *b = h->broker;
+	hub_session *s = perch_map_get(&b->sessions, perch_slice_cstr(device));
+	if (s == NULL || !s->identity)
+		return; /* it waits in its queue for the device's session */
+	attach_input(s, q);
+	deliver(b, s);
 }
 
 void hub_broker_input_added(hub *h, const char *module, hub_queue *q)

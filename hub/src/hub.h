@@ -40,22 +40,14 @@ typedef struct hub_settings {
 	uint64_t max_queued_bytes;        /* per persistent session */
 	uint64_t max_memory_queued_bytes; /* per clean session (in memory) */
 	int64_t max_connections;
-	int64_t max_subscriptions;     /* per client */
-	uint64_t max_store_bytes;      /* the whole store */
-	uint64_t max_tx_bytes;         /* unsent bytes buffered per connection */
-	int64_t connect_timeout_ms;    /* a socket must send CONNECT within this */
-	int sync;                      /* 0 full, 1 normal, 2 off */
-	int64_t auth_skew_ms;          /* tolerated clock difference for tokens */
-	int64_t auth_lifetime_ms;      /* furthest token expiry accepted */
-	char *leaf_devices;            /* JSON file of leaf device identities, or NULL */
-	char *upstream_url;            /* the parent: mqtts:// or wss:// URL, or NULL */
-	char *upstream_ca;             /* PEM CA that verifies the parent, or NULL: system CAs */
-	char *upstream_hostname;       /* IoT hub host name for the parent; NULL: the URL's host */
-	int64_t upstream_keepalive_ms; /* MQTT keepalive; a dead link is noticed within it */
-	int64_t upstream_window;       /* unacknowledged publishes in flight */
-	int64_t upstream_backoff_first_ms;  /* first retry after a loss */
-	int64_t upstream_backoff_max_ms;    /* cap of the exponential backoff */
-	int64_t upstream_token_lifetime_ms; /* SAS token lifetime; renewed at 80% */
+	int64_t max_subscriptions;  /* per client */
+	uint64_t max_store_bytes;   /* the whole store */
+	uint64_t max_tx_bytes;      /* unsent bytes buffered per connection */
+	int64_t connect_timeout_ms; /* a socket must send CONNECT within this */
+	int sync;                   /* 0 full, 1 normal, 2 off */
+	int64_t auth_skew_ms;       /* tolerated clock difference for tokens */
+	int64_t auth_lifetime_ms;   /* furthest token expiry accepted */
+	char *leaf_devices;         /* JSON file of leaf device identities, or NULL */
 	perch_device_settings device;
 } hub_settings;
 
@@ -74,14 +66,13 @@ typedef struct hub {
 	struct lws_context *ctx;
 	struct hub_broker *broker;
 	struct hub_metrics *metrics;
-	size_t nconns;                 /* live MQTT connections (any state) */
-	volatile int stopping;         /* set by SIGTERM/SIGINT */
-	volatile int reload;           /* set by SIGHUP: read the identity files again */
-	hub_identities ids;            /* who may connect (auth.c) */
-	struct hub_iothub *iothub;     /* twins and methods (iothub.c) */
-	struct hub_router *router;     /* routes (router.c) */
-	struct hub_upstream *upstream; /* the link to the parent (upstream.c), or NULL */
-	int64_t ids_poll_ms;           /* next look at the identity files' mtimes */
+	size_t nconns;             /* live MQTT connections (any state) */
+	volatile int stopping;     /* set by SIGTERM/SIGINT */
+	volatile int reload;       /* set by SIGHUP: read the identity files again */
+	hub_identities ids;        /* who may connect (auth.c) */
+	struct hub_iothub *iothub; /* twins and methods (iothub.c) */
+	struct hub_router *router; /* routes (router.c) */
+	int64_t ids_poll_ms;       /* next look at the identity files' mtimes */
 	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
 } hub;
 
@@ -192,6 +183,32 @@ void hub_iothub_conn_gone(hub_conn *c);
 /* Once per loop iteration (timeouts). */
 void hub_iothub_tick(hub *h);
 
+/* --- cloud-to-device messages (c2d.c) -------------------------------------------
+ * A durable queue "c/<device>" per device (a leaf device or the edge device
+ * itself), delivered on devices/{d}/messages/devicebound/{props} by the
+ * broker once the device subscribes there. */
+
+#define HUB_C2D_MAX_DEPTH     50              /* messages waiting per device (IoT Hub's) */
+#define HUB_C2D_MAX_BODY      ((size_t)65536) /* bytes of a message body */
+#define HUB_C2D_DEFAULT_TTL_S 3600u           /* seconds, when the sender gives none */
+#define HUB_C2D_MAX_TTL_S     172800u         /* seconds */
+
+/* The sender's answer, called exactly once (maybe before hub_c2d_send
+ * returns): status 204 once the message is durable, else an error status
+ * with IoT Hub's {"errorCode":...,"message":...} (body, len; borrowed);
+ * mid is the message id. */
+typedef void hub_c2d_done_fn(void *arg, unsigned status, const char *body, size_t len,
+                             const char *mid);
+typedef struct hub_c2d_req hub_c2d_req;
+/* hub_c2d_send queues body for device with the properties in props (may be
+ * NULL; $.mid kept when given, $.to set by the hub) and a TTL in seconds.
+ * *out: the pending request (until done is called) for hub_c2d_cancel. */
+struct perch_props;
+void hub_c2d_send(hub *h, const char *device, const struct perch_props *props, perch_slice body,
+                  uint32_t ttl_s, hub_c2d_done_fn *done, void *arg, hub_c2d_req **out);
+/* hub_c2d_cancel: the sender went away; done is not called. */
+void hub_c2d_cancel(hub_c2d_req *r);
+
 /* --- routes (router.c) ---------------------------------------------------------- */
 
 struct hub_msg;
@@ -208,24 +225,14 @@ void hub_router_reload(hub *h);
 PERCH_MUST_USE perch_err hub_router_route(hub *h, const hub_identity *id, struct hub_msg *m,
                                           bool *durable);
 
-/* --- the upstream link (upstream.c, upstream.h) --------------------------------- */
-
-struct hub_upstream_stats;
-/* hub_upstream_open sets up the link when hub.upstream.url is set (after
- * hub_listen_start: it needs the loop); it connects at once. Logs and
- * returns PERCH_EINVAL for an unusable URL or CA. Loop thread. */
-PERCH_MUST_USE perch_err hub_upstream_open(hub *h);
-void hub_upstream_close(hub *h);
-/* Once per loop iteration: send what the $upstream queues hold. */
-void hub_upstream_tick(hub *h);
-/* hub_upstream_get_stats fills *out (zeroed when there is no link). */
-void hub_upstream_get_stats(hub *h, struct hub_upstream_stats *out);
-
 /* --- the broker (broker.c) -------------------------------------------------- */
 
 /* hub_broker_input_added: q (a queue "r/<module>/<input>") took a message
  * for module: hand it to the module's session if it is there. */
 void hub_broker_input_added(hub *h, const char *module, struct hub_queue *q);
+
+/* hub_broker_c2d_added: q ("c/<device>") took a message for device. */
+void hub_broker_c2d_added(hub *h, const char *device, struct hub_queue *q);
 
 PERCH_MUST_USE perch_err hub_broker_open(hub *h);
 void hub_broker_close(hub *h);

@@ -14,6 +14,21 @@
  * identity). method.c does the rest and the answer comes back here, maybe
  * minutes later, while the connection waits. listen.c hands every HTTP
  * callback of its WebSocket protocol here. Loop thread only.
+ *
+ * The same listeners take cloud-to-device messages for leaf devices (and
+ * the device itself) from the edge device's own identity (the operator's
+ * tools; the cloud sends them down the upstream link), c2d.c:
+ *
+ *   POST /devices/{device}/messages/devicebound
+ *   Authorization: SharedAccessSignature ... (the edge device's)
+ *   Content-Type, Content-Encoding         -> $.ct, $.ce
+ *   iothub-messageid, iothub-correlationid -> $.mid, $.cid
+ *   x-perch-properties: a=1&b=x            application properties, URL-encoded
+ *                                          as in MQTT topics' property bags
+ *   x-perch-ttl: seconds                   default 3600, at most 172800
+ *   the body: the message (up to 64 KiB)
+ *
+ * answered 204 with iothub-messageid once the message is durable.
  */
 #include <limits.h>
 #include <stdio.h>
@@ -32,6 +47,7 @@
 #define MAX_AUTH         2048             /* bytes of the Authorization header */
 #define WAIT_LIMIT_S     (300 + 300 + 30) /* longest a call may take, and some */
 #define ERR_UNAUTHORIZED 401002u
+#define MAX_HEADER       1024 /* bytes of a property header */
 
 struct hub_method_http {
 	struct lws *wsi;
@@ -39,7 +55,12 @@ struct hub_method_http {
 	hub_identity caller;
 	char device[PERCH_DEVICE_ID_MAX + 1]; /* target */
 	char module[PERCH_DEVICE_ID_MAX + 1]; /* "" for a device */
-	char *body;                           /* the request body, len of expect bytes */
+	bool c2d;                             /* a cloud-to-device message, not a call */
+	hub_c2d_req *c2d_req;                 /* pending in c2d.c, or NULL */
+	perch_props *props;                   /* the C2D message's properties */
+	uint32_t ttl_s;
+	char mid[128]; /* the C2D message's id, for the answer */
+	char *body;    /* the request body, len of expect bytes */
 	size_t len, expect;
 	hub_method_call *call; /* pending in method.c, or NULL */
 	unsigned status;       /* non-zero once the answer is known */
@@ -56,6 +77,8 @@ static void req_free(hub_method_http *r)
 		return;
 	if (r->call != NULL)
 		hub_method_cancel(r->h, r->call);
+	hub_c2d_cancel(r->c2d_req);
+	perch_free(r->props);
 	perch_free(r->body);
 	perch_free(r->answer);
 	perch_free(r);
@@ -90,6 +113,15 @@ static void call_done(void *arg, unsigned status, const char *body, size_t len)
 	answer_now(r, status, body, len);
 }
 
+/* c2d_done: c2d.c's answer. */
+static void c2d_done(void *arg, unsigned status, const char *body, size_t len, const char *mid)
+{
+	hub_method_http *r = arg;
+	r->c2d_req = NULL;
+	snprintf(r->mid, sizeof r->mid, "%s", mid);
+	answer_now(r, status, body, len);
+}
+
 /* segment copies the next path segment of *p (up to '/' or the end),
  * percent-decoded, into out; false when empty, too long or badly encoded. */
 static bool segment(const char **p, char *out, size_t cap)
@@ -105,13 +137,21 @@ static bool segment(const char **p, char *out, size_t cap)
 	return dn > 0 && memchr(out, '\0', dn) == NULL;
 }
 
-/* parse_path: "/twins/{d}/methods" or "/twins/{d}/modules/{m}/methods". */
-static bool parse_path(const char *path, char *device, size_t dcap, char *module, size_t mcap)
+/* parse_path: "/twins/{d}/methods" or "/twins/{d}/modules/{m}/methods";
+ * or (*c2d set) "/devices/{d}/messages/devicebound". */
+static bool parse_path(const char *path, char *device, size_t dcap, char *module, size_t mcap,
+                       bool *c2d)
 {
+	module[0] = '\0';
+	*c2d = strncmp(path, "/devices/", 9) == 0;
+	if (*c2d) {
+		const char *p = path + 9;
+		return segment(&p, device, dcap) && (strcmp(p, "/messages/devicebound") == 0 ||
+		                                     strcmp(p, "/messages/devicebound/") == 0);
+	}
 	if (strncmp(path, "/twins/", 7) != 0)
 		return false;
 	const char *p = path + 7;
-	module[0] = '\0';
 	if (!segment(&p, device, dcap))
 		return false;
 	if (strncmp(p, "/modules/", 9) == 0) {
@@ -187,7 +227,8 @@ static bool authenticate(hub_method_http *r)
 		why = reason == HUB_AUTH_OK ? "no identity" : hub_auth_reason_str(reason);
 	}
 	memset(auth, 0, sizeof auth);
-	PERCH_WARN(LOG_MOD, "method call on %s%s%s refused (401): %s%s%s", r->device,
+	PERCH_WARN(LOG_MOD, "%s %s%s%s refused (401): %s%s%s",
+	           r->c2d ? "C2D message for" : "method call on", r->device,
 	           r->module[0] ? "/" : "", r->module, why, claimed[0] ? " for " : "", claimed);
 	char msg[200];
 	snprintf(msg, sizeof msg, "not authorized: %s", why);
@@ -208,8 +249,69 @@ static int refuse(hub_method_http *r, unsigned long long body, unsigned status, 
 	return 0;
 }
 
-/* begin takes the headers of a request to a method path. */
-static int begin(struct lws *wsi, hub_method_http **slot, const char *device, const char *module)
+/* c2d_headers reads a C2D request's properties and TTL from its headers;
+ * false (and an answer set) when they are not acceptable. */
+static bool c2d_headers(hub_method_http *r)
+{
+	static const struct {
+		const char *header; /* lws custom header name, with its ':' */
+		const char *key;
+	} named[] = {{"iothub-messageid:", "$.mid"},
+	             {"iothub-correlationid:", "$.cid"},
+	             {"content-encoding:", "$.ce"}};
+	char v[MAX_HEADER];
+	const char *why = NULL;
+	r->props = perch_malloc(sizeof *r->props);
+	if (r->props == NULL)
+		return false;
+	perch_props_init(r->props);
+	int n = lws_hdr_custom_length(r->wsi, "x-perch-properties:", 19);
+	if (n >= (int)sizeof v)
+		why = "x-perch-properties is over 1 KiB";
+	else if (n > 0 &&
+	         (lws_hdr_custom_copy(r->wsi, v, sizeof v, "x-perch-properties:", 19) < 0 ||
+	          perch_props_parse(perch_slice_cstr(v), r->props, NULL) != PERCH_OK))
+		why = "x-perch-properties is not a URL-encoded property bag (k=v&k2=v2)";
+	for (size_t i = 0; why == NULL && i < sizeof named / sizeof named[0]; i++) {
+		int len = (int)strlen(named[i].header);
+		n = lws_hdr_custom_length(r->wsi, named[i].header, len);
+		if (n <= 0)
+			continue;
+		if (n >= (int)sizeof v ||
+		    lws_hdr_custom_copy(r->wsi, v, sizeof v, named[i].header, len) < 0 ||
+		    perch_props_set(r->props, perch_slice_cstr(named[i].key), perch_slice_cstr(v),
+		                    NULL) != PERCH_OK)
+			why = "a message property header is too long or not text";
+	}
+	n = lws_hdr_total_length(r->wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
+	if (why == NULL && n > 0) {
+		if (n >= (int)sizeof v ||
+		    lws_hdr_copy(r->wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_TYPE) < 0 ||
+		    perch_props_set(r->props, perch_slice_cstr("$.ct"), perch_slice_cstr(v),
+		                    NULL) != PERCH_OK)
+			why = "Content-Type is too long";
+	}
+	r->ttl_s = HUB_C2D_DEFAULT_TTL_S;
+	n = lws_hdr_custom_length(r->wsi, "x-perch-ttl:", 12);
+	if (why == NULL && n > 0) {
+		char *end = NULL;
+		unsigned long t = 0;
+		if (n < 16 && lws_hdr_custom_copy(r->wsi, v, sizeof v, "x-perch-ttl:", 12) > 0)
+			t = strtoul(v, &end, 10);
+		if (end == NULL || end == v || *end != '\0' || t == 0 || t > HUB_C2D_MAX_TTL_S)
+			why = "x-perch-ttl must be 1 to 172800 seconds";
+		else
+			r->ttl_s = (uint32_t)t;
+	}
+	if (why == NULL)
+		return true;
+	answer_error(r, 400, 400004, why);
+	return false;
+}
+
+/* begin takes the headers of a request to a method or C2D path. */
+static int begin(struct lws *wsi, hub_method_http **slot, const char *device, const char *module,
+                 bool c2d)
 {
 	hub_method_http *r = perch_calloc(1, sizeof *r);
 	if (r == NULL)
@@ -219,6 +321,7 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 	r->h = lws_context_user(lws_get_context(wsi));
 	snprintf(r->device, sizeof r->device, "%s", device);
 	snprintf(r->module, sizeof r->module, "%s", module);
+	r->c2d = c2d;
 	char cl[32] = "";
 	unsigned long long want = 0;
 	bool has_length = lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0;
@@ -229,14 +332,29 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 			return refuse(r, ULLONG_MAX, 400, 400004, "a bad Content-Length");
 	}
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) <= 0)
-		return refuse(r, want, 405, 405000, "direct methods are invoked with POST");
+		return refuse(r, want, 405, 405000,
+		              c2d ? "cloud-to-device messages are sent with POST"
+		                  : "direct methods are invoked with POST");
 	if (!has_length)
 		return refuse(r, ULLONG_MAX, 411, 411000, "a Content-Length is needed");
-	if (want > MAX_BODY)
-		return refuse(r, want, 413, 413000, "the request body is over 132 KiB");
+	if (want > (c2d ? HUB_C2D_MAX_BODY : MAX_BODY))
+		return refuse(r, want, 413, 413000,
+		              c2d ? "the message is over 64 KiB"
+		                  : "the request body is over 132 KiB");
 	r->deferred = want > 0; /* for a refusal: after the body */
 	if (!authenticate(r))
 		return 0;
+	if (c2d && r->caller.kind != HUB_IDENT_DEVICE) {
+		PERCH_WARN(LOG_MOD,
+		           "C2D message for %s refused (403): %s%s%s is not the edge device",
+		           r->device, r->caller.device, r->caller.module[0] ? "/" : "",
+		           r->caller.module);
+		answer_error(r, 403, 403000,
+		             "only the edge device's identity sends cloud-to-device messages here");
+		return 0;
+	}
+	if (c2d && !c2d_headers(r))
+		return r->props == NULL ? -1 : 0;
 	r->deferred = false;
 	r->expect = (size_t)want;
 	r->body = perch_malloc(r->expect > 0 ? r->expect : 1);
@@ -244,7 +362,10 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 		return -1;
 	/* The answer may take up to connect + response timeouts. */
 	lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, WAIT_LIMIT_S);
-	if (r->expect == 0)
+	if (r->expect == 0 && c2d)
+		hub_c2d_send(r->h, r->device, r->props, (perch_slice){"", 0}, r->ttl_s, c2d_done, r,
+		             &r->c2d_req);
+	else if (r->expect == 0)
 		answer_error(r, 400, 400004, "the request has no body");
 	return 0;
 }
@@ -257,6 +378,10 @@ static int write_answer(hub_method_http *r, hub_method_http **slot)
 		                            *end = buf + sizeof buf - 1;
 		if (lws_add_http_common_headers(wsi, r->status, "application/json; charset=utf-8",
 		                                r->alen, &p, end) ||
+		    (r->c2d && r->mid[0] != '\0' &&
+		     lws_add_http_header_by_name(wsi, (const unsigned char *)"iothub-messageid:",
+		                                 (const unsigned char *)r->mid, (int)strlen(r->mid),
+		                                 &p, end)) ||
 		    (r->close &&
 		     lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
 		                                  (const unsigned char *)"close", 5, &p, end)) ||
@@ -287,11 +412,13 @@ int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_me
 	switch (reason) {
 	case LWS_CALLBACK_HTTP: {
 		char device[PERCH_DEVICE_ID_MAX + 1], module[PERCH_DEVICE_ID_MAX + 1];
-		if (!parse_path((const char *)in, device, sizeof device, module, sizeof module))
-			return 1; /* not a method path: the caller answers */
+		bool c2d = false;
+		if (!parse_path((const char *)in, device, sizeof device, module, sizeof module,
+		                &c2d))
+			return 1; /* not a method or C2D path: the caller answers */
 		req_free(r);
 		*slot = NULL;
-		return begin(wsi, slot, device, module);
+		return begin(wsi, slot, device, module, c2d);
 	}
 	case LWS_CALLBACK_HTTP_BODY:
 		if (r == NULL || r->status != 0)
@@ -317,8 +444,12 @@ int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_me
 			answer_error(r, 400, 400004, "less body than Content-Length said");
 			return 0;
 		}
-		hub_method_invoke(r->h, &r->caller, r->device, r->module, r->body, r->len,
-		                  call_done, r, &r->call);
+		if (r->c2d)
+			hub_c2d_send(r->h, r->device, r->props, (perch_slice){r->body, r->len},
+			             r->ttl_s, c2d_done, r, &r->c2d_req);
+		else
+			hub_method_invoke(r->h, &r->caller, r->device, r->module, r->body, r->len,
+			                  call_done, r, &r->call);
 		return 0;
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		if (r == NULL || r->status == 0)

@@ -575,10 +575,12 @@ def sdk_env(b):
 
 
 class Sdk:
-    """js/sdk_twin.js: one JSON event per line out, one command per line in."""
+    """A js/ script of the SDK (sdk_twin.js by default): one JSON event per line
+    out, one command per line in."""
 
-    def __init__(self, b):
-        self.p = subprocess.Popen(["node", SDK_JS], env=sdk_env(b), stdin=subprocess.PIPE,
+    def __init__(self, b, script=SDK_JS, env=None):
+        self.script = os.path.basename(script)
+        self.p = subprocess.Popen(["node", script], env=env or sdk_env(b), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   bufsize=1)
         self.events = []
@@ -604,10 +606,10 @@ class Sdk:
                         self.events.remove(e)
                         return e
                     if e.get("event") == "error":
-                        raise AssertionError(f"sdk_twin.js: {e}\n{self.stderr()}")
+                        raise AssertionError(f"{self.script}: {e}\n{self.stderr()}")
                 left = end - time.monotonic()
                 if left <= 0 or self.p.poll() is not None:
-                    raise AssertionError(f"no '{event}' from sdk_twin.js; got {self.events}\n"
+                    raise AssertionError(f"no '{event}' from {self.script}; got {self.events}\n"
                                          + self.stderr())
                 self.lock.wait(min(left, 0.2))
 
