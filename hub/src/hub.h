@@ -56,14 +56,6 @@ typedef struct hub_settings {
 	int64_t upstream_backoff_first_ms;  /* first retry after a loss */
 	int64_t upstream_backoff_max_ms;    /* cap of the exponential backoff */
 	int64_t upstream_token_lifetime_ms; /* SAS token lifetime; renewed at 80% */
-	char *upstream_url;                 /* the parent: mqtts:// or wss:// URL, or NULL */
-	char *upstream_ca;             /* PEM CA that verifies the parent, or NULL: system CAs */
-	char *upstream_hostname;       /* IoT hub host name for the parent; NULL: the URL's host */
-	int64_t upstream_keepalive_ms; /* MQTT keepalive; a dead link is noticed within it */
-	int64_t upstream_window;       /* unacknowledged publishes in flight */
-	int64_t upstream_backoff_first_ms;  /* first retry after a loss */
-	int64_t upstream_backoff_max_ms;    /* cap of the exponential backoff */
-	int64_t upstream_token_lifetime_ms; /* SAS token lifetime; renewed at 80% */
 	perch_device_settings device;
 } hub_settings;
 
@@ -88,7 +80,6 @@ typedef struct hub {
 	hub_identities ids;            /* who may connect (auth.c) */
 	struct hub_iothub *iothub;     /* twins and methods (iothub.c) */
 	struct hub_router *router;     /* routes (router.c) */
-	struct hub_upstream *upstream; /* the link to the parent (upstream.c), or NULL */
 	struct hub_upstream *upstream; /* the link to the parent (upstream.c), or NULL */
 	int64_t ids_poll_ms;           /* next look at the identity files' mtimes */
 	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
@@ -242,19 +233,6 @@ void hub_router_reload(hub *h);
  * Returns PERCH_ENOSPC (or another error) when a sink did not take it. */
 PERCH_MUST_USE perch_err hub_router_route(hub *h, const hub_identity *id, struct hub_msg *m,
                                           bool *durable);
-
-/* --- the upstream link (upstream.c, upstream.h) --------------------------------- */
-
-struct hub_upstream_stats;
-/* hub_upstream_open sets up the link when hub.upstream.url is set (after
- * hub_listen_start: it needs the loop); it connects at once. Logs and
- * returns PERCH_EINVAL for an unusable URL or CA. Loop thread. */
-PERCH_MUST_USE perch_err hub_upstream_open(hub *h);
-void hub_upstream_close(hub *h);
-/* Once per loop iteration: send what the $upstream queues hold. */
-void hub_upstream_tick(hub *h);
-/* hub_upstream_get_stats fills *out (zeroed when there is no link). */
-void hub_upstream_get_stats(hub *h, struct hub_upstream_stats *out);
 
 /* --- the upstream link (upstream.c, upstream.h) --------------------------------- */
 
