@@ -31,6 +31,7 @@
 #     hub at once, the module reconnects and answers a method again
 #   - the reported properties land in the hub's twin: the module stopped (by
 #     the deployment), its identity reads its twin with a twin GET over MQTT
+#   - hub.tls.cert/key set in the hub: section: the agent leaves them alone
 # Removes only what it created (label perch.instance=sdk-$$). Needs ports
 # 8883 and 443 free on the host-gateway address.
 #
@@ -375,3 +376,19 @@ assert rep["lastDesired"]["greeting"] == "changed-" + sys.argv[2], rep
 assert des["greeting"] == "changed-" + sys.argv[2] and des["threshold"] == 25, des' \
 	"$tmp/twin.out" "$$" || fail "the hub's twin of $mod: $(cat "$tmp/twin.out")"
 ok "the hub's twin of $mod (twin GET as $mod once it stopped) has what the SDK reported and the new desired properties"
+
+# --- a certificate the user chose is left alone ---------------------------------------------------------
+stop_agent || fail "agent exit status"
+cp "$certs/hub.pem" "$tmp/own.pem"
+cp "$certs/hub.key" "$tmp/own.key"
+sed -e "s|^  data_dir: $tmp/hub\$|&\n  tls:\n    cert: $tmp/own.pem\n    key: $tmp/own.key|" "$tmp/config.yaml" >"$tmp/config2.yaml"
+grep -q "cert: $tmp/own.pem" "$tmp/config2.yaml" || fail "config2.yaml: $(cat "$tmp/config2.yaml")"
+"$agent_bin" --config "$tmp/config2.yaml" --data-dir "$tmp/agent" --manifest "$tmp/dep.json" \
+	>"$tmp/agent2.log" 2>&1 &
+agent_pid=$!
+hub_child() { pgrep -P "$agent_pid" -x perch-hub >/dev/null && ss -Hltn "sport = :8883" | grep -q .; }
+wait_for 30 "perch-hub started with config2.yaml and listening" hub_child
+hub_pid=$(pgrep -P "$agent_pid" -x perch-hub)
+tr '\0' ' ' <"/proc/$hub_pid/cmdline" >"$tmp/hub2.cmdline"
+grep -q -- "hub.tls" "$tmp/hub2.cmdline" && fail "the agent overrode hub.tls.* of the hub: section: $(cat "$tmp/hub2.cmdline")"
+ok "hub.tls.cert/key set in the hub: section: the agent adds no --set hub.tls.* (the hub uses the user's files)"
