@@ -23,6 +23,8 @@
 #   - input through a route: the observer's message reaches input1 of the SDK
 #     module, which echoes it on output `echo` back to the observer
 #   - the twin read at start has the deployment's desired properties
+#   - the same image with Transport=MqttWs (module sdkws) logs in over wss on
+#     perch-hub:443 and reports
 #   - a desired change (the deployment file edited, the agent applies it)
 #     reaches the module as a desired update; the container is not recreated
 #   - a direct method POSTed to https://perch-hub:443/twins/D/modules/M/methods
@@ -61,6 +63,7 @@ tag=sdk-$$
 dev=sdk-dev-$$
 iothub=hub-$$.example.net
 mod=sdkmod
+wsmod=sdkws
 obs=observer
 agent_pid=
 obs_pid=
@@ -143,6 +146,9 @@ manifest() {
     "modules": {
       "$mod": {"version": "1.0", "type": "docker", "status": "$2", "restartPolicy": "always",
                "env": {"SendInterval": {"value": "2"}},
+               "settings": {"image": "$img", "createOptions": "{}"}},
+      "$wsmod": {"version": "1.0", "type": "docker", "status": "$2", "restartPolicy": "always",
+               "env": {"SendInterval": {"value": "0"}, "Transport": {"value": "MqttWs"}},
                "settings": {"image": "$img", "createOptions": "{}"}},
       "$obs": {"version": "1.0", "type": "docker", "status": "stopped", "restartPolicy": "never",
                "settings": {"image": "$img", "createOptions": "{}"}}}}},
@@ -296,6 +302,12 @@ sdk_event "e['event'] == 'twin' and e['desired'].get('greeting') == 'hello-$$' a
 	fail "the twin the module read: $(sdk_log | grep '"twin"')"
 wait_for 30 "$mod reported properties" sdk_event 'e["event"] == "reported" and e["what"] == "sdk"'
 ok "ModuleClient.fromEnvironment(Mqtt) connected to perch-hub:8883 as $dev/$mod; its twin has the deployment's desired properties; it reported"
+
+ws_event() { timeout 10 docker logs "$wsmod" 2>&1 | grep -q "$1"; }
+wait_for 60 "$wsmod (MqttWs) reported properties" ws_event '"event":"reported","what":"sdk"'
+ws_event '"event":"connected".*"transport":"MqttWs"' || fail "$wsmod: $(timeout 10 docker logs "$wsmod" 2>&1 | head -3)"
+grep -q "connected .* ($dev/$wsmod) as $dev/$wsmod" "$tmp/agent.log" || fail "the hub did not log $wsmod's login"
+ok "the same module with Transport=MqttWs connected over wss to perch-hub:443 and reported"
 
 # --- messages: outputs to the observer, the observer's message into input1 -------------------------
 /usr/bin/python3 "$tmp/peer.py" observe "$tmp/device/device.key" "$iothub" "$dev" "$mqtt_port" "$obs" 150 \

@@ -3,7 +3,8 @@
 // for IoT Edge: ModuleClient.fromEnvironment(Mqtt) takes its identity from
 // the IOTEDGE_* variables perch-agent sets, its SAS tokens from the workload
 // socket, and the CA of the hub's certificate from the workload API's trust
-// bundle; it connects with MQTT over TLS to IOTEDGE_GATEWAYHOSTNAME:8883.
+// bundle; it connects with MQTT over TLS to IOTEDGE_GATEWAYHOSTNAME:8883
+// (Transport=MqttWs: MQTT over wss to port 443, /$iothub/websocket).
 // deploy/images.sh --node-sdk wraps it, node and the SDK into a FROM scratch
 // image; tests/integration/test_sdk_module.sh deploys it with perch-agent.
 //
@@ -21,10 +22,12 @@
 // It exits 1 on an error it cannot go on from (the agent restarts it).
 'use strict';
 const { ModuleClient, Message } = require('azure-iot-device');
-const { Mqtt } = require('azure-iot-device-mqtt');
+const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 
 const moduleId = process.env.IOTEDGE_MODULEID || '';
 const interval = Number(process.env.SendInterval || '5');
+const transport = process.env.Transport || 'Mqtt';
+const transports = { Mqtt, MqttWs };
 const log = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 function fail(where, err) {
   log({ event: 'error', where, message: String(err && err.message ? err.message : err) });
@@ -36,7 +39,8 @@ process.on('SIGTERM', () => process.exit(0));
 const plain = (o) => JSON.parse(JSON.stringify(o));
 
 async function main() {
-  const client = await ModuleClient.fromEnvironment(Mqtt);
+  if (!transports[transport]) fail('start', new Error(`Transport ${transport}: Mqtt or MqttWs`));
+  const client = await ModuleClient.fromEnvironment(transports[transport]);
   client.on('error', (err) => fail('client', err));
   client.on('disconnect', () => log({ event: 'disconnected' }));
 
@@ -61,7 +65,7 @@ async function main() {
 
   await client.open();
   log({ event: 'connected', deviceId: process.env.IOTEDGE_DEVICEID, moduleId,
-        gateway: process.env.IOTEDGE_GATEWAYHOSTNAME });
+        gateway: process.env.IOTEDGE_GATEWAYHOSTNAME, transport });
 
   const twin = await client.getTwin();
   log({ event: 'twin', desired: plain(twin.properties.desired),
