@@ -461,6 +461,26 @@ def test_reset_after_up_cuts_after_exactly_n_bytes(server):
         c2.close()
 
 
+def test_reset_after_counts_small_pieces(server):
+    """991 bytes sent 10 at a time: the count is kept across many small writes."""
+    with FaultProxy(HOST, server.port) as fp:
+        c = client(fp)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = server.wait_conns(1)
+        fp.cmd("reset-after 991 up")
+        payload = os.urandom(1500)
+        try:
+            for i in range(0, len(payload), 10):
+                c.send(payload[i:i + 10])
+                if i < 980:  # wait for each piece, so that the proxy sees it alone
+                    wait_until(lambda: len(s.data) >= i + 10, 5, what="one piece")
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        wait_until(lambda: s.end is not None, 10, what="the reset at the server")
+        assert (s.end, s.received()) == ("reset", payload[:991])
+        c.close()
+
+
 def test_reset_after_down(server):
     with FaultProxy(HOST, server.port) as fp:
         c = client(fp)
