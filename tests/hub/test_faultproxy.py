@@ -428,6 +428,10 @@ def test_slow_throttles_and_delivers_everything(echo_server):
             c.sendall(f"ping{i}".encode())
             assert recv_exact(c, 5, timeout=30) == f"ping{i}".encode()
         print(f"slow 0 200: 5 round trips in {time.monotonic() - t0:.2f} s")
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pieces = [os.urandom(100) for _ in range(300)]  # more delayed chunks than it tracks
+        threading.Thread(target=lambda: [c.send(x) for x in pieces], daemon=True).start()
+        assert recv_exact(c, 30000, timeout=60) == b"".join(pieces)
         fp.cmd("pass")
         c.sendall(b"fast")
         assert recv_exact(c, 4) == b"fast"
@@ -645,6 +649,26 @@ def test_busy_port_and_unreachable_target(server):
         assert recv_end(c)[0] == b""
         wait_until(lambda: fp.stats()["refused"] == 1, 5, what="the refused count")
         c.close()
+
+
+def test_max_conns(echo_server):
+    """--max-conns 2: a third connection is accepted and closed; the two go on."""
+    with FaultProxy(HOST, echo_server.port, extra_args=["--max-conns", "2"]) as fp:
+        a, b = client(fp), client(fp)
+        for x in (a, b):
+            x.sendall(b"ok")
+            assert recv_exact(x, 2) == b"ok"
+        c = client(fp)
+        assert recv_end(c) == (b"", "eof")
+        st = fp.stats()
+        assert (st["accepted"], st["open"], st["refused"]) == (3, 2, 1)
+        a.close()
+        wait_until(lambda: fp.stats()["open"] == 1, 5, what="a slot freed")
+        d = client(fp)
+        d.sendall(b"in")
+        assert recv_exact(d, 2) == b"in"
+        for x in (b, c, d):
+            x.close()
 
 
 def test_sigterm_with_connections_open(echo_server):
