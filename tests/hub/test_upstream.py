@@ -7,8 +7,10 @@ module, a raw MQTT client that records what arrives. Checked: every number
 the producer had acknowledged arrives, in order per priority, across a
 parent that is stopped and started, a kill -9 of the child while it drains,
 priorities, TLS verified against hub.upstream.ca (and a wrong CA refused),
-a wrong device key refused with backoff, and a child that publishes for a
-device it does not speak for refused. Duplicates are counted and printed."""
+a wrong device key refused with backoff, a child that publishes for a
+device it does not speak for refused, the link flapping through faultproxy
+(cut, reset, a PUBLISH cut in half, a dead path, a stall), token renewal, and
+expired messages dropped, never sent. Duplicates are counted and printed."""
 import json
 import os
 import re
@@ -395,3 +397,26 @@ def test_token_renewal_keeps_the_session(make_broker, workdir):
     check_all(got, set(range(n)), "token renewal")
     pair.wait_up()
     assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_refused_total") == 0
+
+
+def test_expired_messages_never_sent(make_broker, workdir):
+    routes = {"short": {"route": "FROM /messages/* WHERE prio = 'low' INTO $upstream",
+                        "priority": 3, "timeToLiveSecs": 1},
+              "long": {"route": "FROM /messages/* WHERE prio = 'high' INTO $upstream",
+                       "priority": 3}}
+    pair = Pair(make_broker, workdir, child_routes=routes)
+    pair.wait_up()
+    pair.parent.stop()
+    prod = pair.producer()
+    produce(prod, range(0, 40), prio="low")     # expire after 1 s
+    produce(prod, range(100, 110), prio="high")
+    time.sleep(1.5)
+    pair.parent.start()
+    cons = pair.consumer()
+    got, _ = collect(cons, set(range(100, 110)))
+    got += [json.loads(m.payload)["n"] for m in cons.quiet(0.5)]
+    assert sorted(set(got)) == list(range(100, 110)), got
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(), "perch_hub_upstream_dropped_total",
+                                      reason="expired") == 40, 10, what="40 expired")
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(),
+                                      "perch_hub_upstream_queue_messages") == 0, 10)
