@@ -108,7 +108,7 @@ static perch_err make_request(const char *method, const char *path, const char *
 		hdrs[nh++] = "Content-Type: application/json";
 	if (hdr != NULL)
 		hdrs[nh++] = hdr;
-	perch_err err = agent_http_request(method, target, HOST, hdrs, nh, body,
+	perch_err err = perch_http_request(method, target, HOST, hdrs, nh, body,
 	                                   body != NULL ? strlen(body) : 0, req, len);
 	return err == PERCH_ETOOBIG ? PERCH_EINVAL : err;
 }
@@ -137,7 +137,7 @@ static perch_err call(agent_docker *d, const char *method, const char *path, con
 		snprintf(d->errmsg, sizeof d->errmsg, "bad request %s %.200s", method, path);
 		goto free_js;
 	}
-	agent_http_sink sink = {.body = gather, .ud = d};
+	perch_http_sink sink = {.body = gather, .ud = d};
 	long long deadline = agent_http_now_ms() + (timeout_ms ? timeout_ms : d->call_timeout_ms);
 	err = agent_http_call(&d->call, d->path, &d->fd, req, req_len, &sink, d->connect_timeout_ms,
 	                      deadline);
@@ -148,7 +148,7 @@ static perch_err call(agent_docker *d, const char *method, const char *path, con
 	}
 	*http = d->call.parser.status;
 free_req:
-	agent_http_request_free(req, req_len);
+	perch_http_request_free(req, req_len);
 free_js:
 	agent_docker_json_text_free(js);
 	return err;
@@ -623,7 +623,7 @@ void agent_docker_cancel(agent_docker *d, agent_docker_op *op)
 
 /* ---- async requests ------------------------------------------------------------------ */
 
-static perch_err op_head(void *ud, const agent_http_parser *p)
+static perch_err op_head(void *ud, const perch_http_parser *p)
 {
 	agent_docker_op *op = ud;
 	if (op->cancelled)
@@ -680,7 +680,7 @@ fail:
 perch_err agent_docker_op_add(agent_docker *d, agent_docker_op *op)
 {
 	long long deadline = op->timeout_ms > 0 ? agent_http_now_ms() + op->timeout_ms : -1;
-	agent_http_sink sink = {.head = op_head, .body = op_body, .ud = op};
+	perch_http_sink sink = {.head = op_head, .body = op_body, .ud = op};
 	op->next = d->ops;
 	d->ops = op;
 	d->nops++;
@@ -694,7 +694,7 @@ void agent_docker_op_free(agent_docker_op *op)
 	if (op == NULL)
 		return;
 	(void)agent_http_xfer_end(&op->x); /* an async op never keeps its connection */
-	agent_http_request_free(op->req, op->req_len);
+	perch_http_request_free(op->req, op->req_len);
 	perch_free(op->resp);
 	agent_docker_jsplit_fini(&op->js);
 	perch_free(op);

@@ -85,13 +85,13 @@ perch_err agent_docker_pull_start(agent_docker *d, const char *image, const char
 		hdr = perch_malloc(hdr_len);
 		if (hdr != NULL)
 			snprintf(hdr, hdr_len, "X-Registry-Auth: %s", value);
-		agent_http_request_free(value, strlen(value)); /* wipes it */
+		perch_http_request_free(value, strlen(value)); /* wipes it */
 		if (hdr == NULL)
 			return PERCH_ENOMEM;
 	}
 	err = agent_docker_op_new(d, AGENT_DOCKER_OP_PULL, "POST", path, NULL, hdr,
 	                          timeout_ms > 0 ? timeout_ms : 0, &op);
-	agent_http_request_free(hdr, hdr_len); /* the request has its copy: wiped with it */
+	perch_http_request_free(hdr, hdr_len); /* the request has its copy: wiped with it */
 	if (err != PERCH_OK)
 		return err;
 	op->pull_done = done;

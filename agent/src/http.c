@@ -148,8 +148,8 @@ static void recv_some(agent_http_xfer *x)
 			size_t used = 0;
 			x->answered = true;
 			perch_err err =
-			        agent_http_parse(&x->parser, buf, (size_t)k, &used, &x->sink);
-			if (err == PERCH_EPROTO && x->parser.state == AGENT_HTTP_S_ERROR) {
+			        perch_http_parse(&x->parser, buf, (size_t)k, &used, &x->sink);
+			if (err == PERCH_EPROTO && x->parser.state == PERCH_HTTP_S_ERROR) {
 				finish(x, PERCH_EPROTO, x->parser.why, 0);
 				return;
 			}
@@ -157,14 +157,14 @@ static void recv_some(agent_http_xfer *x)
 				finish(x, err, "the answer's receiver stopped it", 0);
 				return;
 			}
-			if (x->parser.state == AGENT_HTTP_S_DONE) {
+			if (x->parser.state == PERCH_HTTP_S_DONE) {
 				answered_well(x, used < (size_t)k);
 				return;
 			}
 			continue;
 		}
 		if (k == 0) {
-			if (agent_http_parse_eof(&x->parser) == PERCH_OK)
+			if (perch_http_parse_eof(&x->parser) == PERCH_OK)
 				answered_well(x, true);
 			else
 				finish(x, PERCH_ECLOSED, x->parser.why, 0);
@@ -184,7 +184,7 @@ static void recv_some(agent_http_xfer *x)
 }
 
 void agent_http_xfer_begin(agent_http_xfer *x, const char *path, int kept_fd, const char *req,
-                           size_t req_len, const agent_http_sink *sink, long connect_timeout_ms,
+                           size_t req_len, const perch_http_sink *sink, long connect_timeout_ms,
                            long long deadline)
 {
 	long long now = agent_http_now_ms();
@@ -194,7 +194,7 @@ void agent_http_xfer_begin(agent_http_xfer *x, const char *path, int kept_fd, co
 	x->req = req;
 	x->req_len = req_len;
 	x->req_off = 0;
-	x->sink = sink != NULL ? *sink : (agent_http_sink){0};
+	x->sink = sink != NULL ? *sink : (perch_http_sink){0};
 	x->connect_by = connect_timeout_ms > 0 ? now + connect_timeout_ms : -1;
 	x->deadline = deadline;
 	x->retry_at = -1;
@@ -205,7 +205,7 @@ void agent_http_xfer_begin(agent_http_xfer *x, const char *path, int kept_fd, co
 	x->err = PERCH_OK;
 	x->sys_errno = 0;
 	x->why = NULL;
-	agent_http_parser_init(&x->parser);
+	perch_http_parser_init(&x->parser);
 	if (kept_fd >= 0) {
 		x->fd = kept_fd;
 		x->phase = AGENT_HTTP_SENDING;
@@ -343,7 +343,7 @@ static void run(agent_http_xfer *x)
 }
 
 perch_err agent_http_call(agent_http_xfer *x, const char *path, int *kept, const char *req,
-                          size_t req_len, const agent_http_sink *sink, long connect_timeout_ms,
+                          size_t req_len, const perch_http_sink *sink, long connect_timeout_ms,
                           long long deadline)
 {
 	int fd = *kept;

@@ -5,14 +5,11 @@
  *
  * Two halves:
  *
- *   http_wire.c  pure, no I/O: the request writer, and the streaming parser
- *                of an answer that accepts any split of the byte stream —
- *                status line, headers, bodies by Content-Length, chunked
- *                (extensions and trailers tolerated) or until close, 1xx
- *                interim answers skipped. Every line and the header block are
- *                bounded: the engine is semi-trusted, and a bad answer is
- *                PERCH_EPROTO with a reason, never a crash. Unit-tested in
- *                http_test.c, fuzzed by tests/fuzz/fuzz_http_response.c.
+ *   common/src/http_wire.c  pure, no I/O, shared with the `perch` command
+ *                line (perch/http_wire.h): the request writer, and the
+ *                streaming parser of an answer that accepts any split of the
+ *                byte stream. Unit-tested in http_test.c, fuzzed by
+ *                tests/fuzz/fuzz_http_response.c.
  *
  *   http.c       one exchange (connect, send, receive) as a non-blocking
  *                state machine that the caller drives with poll
@@ -30,97 +27,9 @@
 #include <stddef.h>
 
 #include "perch/err.h"
+#include "perch/http_wire.h"
 
-#define AGENT_HTTP_LINE_MAX   8192        /* status, header, chunk-size or trailer line */
-#define AGENT_HTTP_FIELDS_MAX 100         /* header plus trailer lines of one answer */
-#define AGENT_HTTP_HEAD_MAX   (64u << 10) /* bytes of all those lines, 1xx answers included */
-#define AGENT_HTTP_PATH_MAX   108         /* a unix socket path, NUL included (sun_path) */
-
-/* ---- the response parser (http_wire.c) ---------------------------------------- */
-
-typedef enum agent_http_state {
-	AGENT_HTTP_S_STATUS,     /* reading a status line */
-	AGENT_HTTP_S_HEADER,     /* reading header lines */
-	AGENT_HTTP_S_BODY_LEN,   /* a Content-Length body: `left` bytes to go */
-	AGENT_HTTP_S_CHUNK_SIZE, /* a chunk-size line */
-	AGENT_HTTP_S_CHUNK_DATA, /* chunk data: `left` bytes to go */
-	AGENT_HTTP_S_CHUNK_END,  /* the line end after chunk data */
-	AGENT_HTTP_S_TRAILER,    /* trailer lines after the last chunk */
-	AGENT_HTTP_S_CLOSE,      /* a body that ends when the peer closes */
-	AGENT_HTTP_S_DONE,       /* the answer is complete */
-	AGENT_HTTP_S_ERROR,      /* the answer is malformed: see why */
-} agent_http_state;
-
-typedef struct agent_http_parser {
-	agent_http_state state;
-	int status;                     /* the final answer's status (100-599); 0 before its line */
-	int minor;                      /* the answer's HTTP/1.minor */
-	bool keep_alive;                /* DONE: the connection may carry another request */
-	bool chunked;                   /* Transfer-Encoding ends in chunked */
-	bool has_length;                /* a Content-Length was given (length holds it) */
-	bool conn_close;                /* Connection: close */
-	bool conn_keep;                 /* Connection: keep-alive (what makes HTTP/1.0 reusable) */
-	bool te_other;                  /* a Transfer-Encoding that does not end in chunked */
-	unsigned long long length;      /* the Content-Length */
-	unsigned long long left;        /* body or chunk bytes still to come */
-	unsigned long long body;        /* body bytes delivered so far */
-	unsigned fields;                /* header and trailer lines seen */
-	size_t head_bytes;              /* bytes of status, header and trailer lines seen */
-	size_t line_len;                /* bytes gathered in line */
-	const char *why;                /* ERROR: what was wrong (static text) */
-	char line[AGENT_HTTP_LINE_MAX]; /* the line being gathered (without its end) */
-} agent_http_parser;
-
-/* Where an answer goes. Both functions may be NULL; a non-OK return stops
- * the parse, which returns that error. */
-typedef struct agent_http_sink {
-	/* The final answer's status line and headers are in (p->status, ...):
-	 * called once, before any body byte. p is borrowed for the call. */
-	perch_err (*head)(void *ud, const agent_http_parser *p);
-	/* n > 0 bytes of the body, decoded from its chunks. */
-	perch_err (*body)(void *ud, const char *data, size_t n);
-	void *ud;
-} agent_http_sink;
-
-/* agent_http_parser_init readies p for one answer. */
-void agent_http_parser_init(agent_http_parser *p);
-
-/*
- * agent_http_parse takes n bytes of the answer, split anywhere. It stops at
- * the end of the answer: *used (may be NULL) says how many bytes it took,
- * fewer than n only when the answer is complete (p->state DONE) with bytes
- * after it. Returns PERCH_OK (more is needed, or DONE), PERCH_EPROTO for a
- * malformed answer (p->why says what; the parser stays in ERROR), or the
- * sink's own error. data is borrowed.
- */
-PERCH_MUST_USE perch_err agent_http_parse(agent_http_parser *p, const char *data, size_t n,
-                                          size_t *used, const agent_http_sink *sink);
-
-/* agent_http_parse_eof: the peer closed the connection. PERCH_OK when that
- * ends the answer (a body delimited by the close; p->state is DONE then, and
- * already-DONE stays OK); PERCH_ECLOSED when the answer was cut short (p->why
- * says where). */
-PERCH_MUST_USE perch_err agent_http_parse_eof(agent_http_parser *p);
-
-/*
- * agent_http_request writes a request: "METHOD TARGET HTTP/1.1", Host: host,
- * the nh header lines of hdrs ("Name: value", borrowed), Content-Length when
- * there is a body (or the method is POST or PUT), then body_len bytes of
- * body (may be NULL). *out (NUL-terminated, *out_len bytes without the NUL)
- * is the caller's: free it with agent_http_request_free, which wipes it (it
- * may hold X-Registry-Auth). Errors: PERCH_EINVAL (a method that is not a
- * token, a target that does not start with '/' or holds a space or a control
- * character, a header line without "Name:" or with a control character),
- * PERCH_ETOOBIG (target or a header line longer than AGENT_HTTP_LINE_MAX),
- * PERCH_ENOMEM.
- */
-PERCH_MUST_USE perch_err agent_http_request(const char *method, const char *target,
-                                            const char *host, const char *const *hdrs, size_t nh,
-                                            const char *body, size_t body_len, char **out,
-                                            size_t *out_len);
-
-/* agent_http_request_free wipes and frees a request of len bytes; NULL is fine. */
-void agent_http_request_free(char *req, size_t len);
+#define AGENT_HTTP_PATH_MAX 108 /* a unix socket path, NUL included (sun_path) */
 
 /* ---- one exchange on a connection (http.c) -------------------------------------- */
 
@@ -139,7 +48,7 @@ typedef struct agent_http_xfer {
 	const char *path;         /* the socket path (borrowed) */
 	const char *req;          /* the request (borrowed until DONE) */
 	size_t req_len, req_off;  /* its length, and the bytes sent */
-	agent_http_sink sink;     /* where the answer goes */
+	perch_http_sink sink;     /* where the answer goes */
 	long long connect_by;     /* monotonic ms by which the connect must be done */
 	long long deadline;       /* monotonic ms by which the exchange must end; -1 none */
 	long long retry_at;       /* CONNECT_WAIT: the next connect attempt */
@@ -150,7 +59,7 @@ typedef struct agent_http_xfer {
 	perch_err err;            /* DONE: PERCH_OK, or why it failed (see agent_http_call) */
 	int sys_errno;            /* the errno behind err; 0 when there is none */
 	const char *why;          /* DONE with an error: what happened (static text) */
-	agent_http_parser parser; /* the answer; parser.status once its head is in */
+	perch_http_parser parser; /* the answer; parser.status once its head is in */
 } agent_http_xfer;
 
 /* agent_http_now_ms: monotonic milliseconds, the clock of every deadline here. */
@@ -166,7 +75,7 @@ long long agent_http_now_ms(void);
  * nothing listens at path: the caller learns of it as of any other end.
  */
 void agent_http_xfer_begin(agent_http_xfer *x, const char *path, int kept_fd, const char *req,
-                           size_t req_len, const agent_http_sink *sink, long connect_timeout_ms,
+                           size_t req_len, const perch_http_sink *sink, long connect_timeout_ms,
                            long long deadline);
 
 /* agent_http_xfer_pollfd: true, with *pfd filled (fd, events; revents 0),
@@ -210,7 +119,7 @@ int agent_http_xfer_end(agent_http_xfer *x);
  */
 PERCH_MUST_USE perch_err agent_http_call(agent_http_xfer *x, const char *path, int *kept,
                                          const char *req, size_t req_len,
-                                         const agent_http_sink *sink, long connect_timeout_ms,
+                                         const perch_http_sink *sink, long connect_timeout_ms,
                                          long long deadline);
 
 #endif /* AGENT_HTTP_H */

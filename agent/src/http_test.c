@@ -36,7 +36,7 @@ typedef struct got {
 	perch_err fail; /* returned by body when not OK */
 } got;
 
-static perch_err got_head(void *ud, const agent_http_parser *p)
+static perch_err got_head(void *ud, const perch_http_parser *p)
 {
 	got *g = ud;
 	g->heads++;
@@ -59,23 +59,23 @@ static perch_err got_body(void *ud, const char *data, size_t n)
 
 /* parse_split feeds s cut at a and b (a <= b), then EOF if eof; returns the
  * first error. */
-static perch_err parse_split(agent_http_parser *p, got *g, const char *s, size_t n, size_t a,
+static perch_err parse_split(perch_http_parser *p, got *g, const char *s, size_t n, size_t a,
                              size_t b, bool eof)
 {
-	agent_http_sink sink = {got_head, got_body, g};
+	perch_http_sink sink = {got_head, got_body, g};
 	size_t cuts[3] = {a, b, n}, at = 0;
-	agent_http_parser_init(p);
+	perch_http_parser_init(p);
 	memset(g, 0, sizeof *g);
 	for (size_t i = 0; i < 3; i++) {
 		size_t used = 0, len = cuts[i] - at;
-		perch_err err = agent_http_parse(p, s + at, len, &used, &sink);
+		perch_err err = perch_http_parse(p, s + at, len, &used, &sink);
 		if (err != PERCH_OK)
 			return err;
 		at += used;
 		if (used < len) /* stopped early: the answer is complete */
 			break;
 	}
-	return eof ? agent_http_parse_eof(p) : PERCH_OK;
+	return eof ? perch_http_parse_eof(p) : PERCH_OK;
 }
 
 /* ---- real engine answers ---------------------------------------------------------- */
@@ -128,12 +128,12 @@ static const char ans_204[] = "HTTP/1.1 204 No Content\r\n"
 static void check_every_split(const char *s, int status, const char *body, bool keep)
 {
 	size_t n = strlen(s);
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {0};
 	for (size_t a = 0; a <= n; a++) {
 		size_t b = a + (n - a) / 2;
 		assert_int_equal(parse_split(&p, &g, s, n, a, b, false), PERCH_OK);
-		assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+		assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 		assert_int_equal(p.status, status);
 		assert_int_equal(g.heads, 1);
 		assert_int_equal(g.status, status);
@@ -141,17 +141,17 @@ static void check_every_split(const char *s, int status, const char *body, bool 
 		assert_int_equal(p.keep_alive, keep);
 	}
 	/* One byte at a time. */
-	agent_http_sink sink = {got_head, got_body, &g};
-	agent_http_parser_init(&p);
+	perch_http_sink sink = {got_head, got_body, &g};
+	perch_http_parser_init(&p);
 	memset(&g, 0, sizeof g);
 	for (size_t i = 0; i < n; i++) {
 		size_t used;
-		assert_int_equal(agent_http_parse(&p, s + i, 1, &used, &sink), PERCH_OK);
+		assert_int_equal(perch_http_parse(&p, s + i, 1, &used, &sink), PERCH_OK);
 		assert_int_equal(used, 1);
 	}
-	assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+	assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 	assert_string_equal(g.body, body);
-	assert_int_equal(agent_http_parse_eof(&p), PERCH_OK);
+	assert_int_equal(perch_http_parse_eof(&p), PERCH_OK);
 }
 
 static void test_parse_content_length(void **state)
@@ -194,11 +194,11 @@ static void test_parse_close_delimited(void **state)
 	(void)state;
 	static const char s[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end";
 	size_t n = strlen(s);
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {0};
 	for (size_t a = 0; a <= n; a++) {
 		assert_int_equal(parse_split(&p, &g, s, n, a, a, true), PERCH_OK);
-		assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+		assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 		assert_string_equal(g.body, "until the end");
 		assert_false(p.keep_alive);
 	}
@@ -212,7 +212,7 @@ static void test_parse_close_delimited(void **state)
 static void test_parse_keep_alive_rules(void **state)
 {
 	(void)state;
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {0};
 	const struct {
 		const char *s;
@@ -233,7 +233,7 @@ static void test_parse_keep_alive_rules(void **state)
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		size_t n = strlen(cases[i].s);
 		assert_int_equal(parse_split(&p, &g, cases[i].s, n, n, n, false), PERCH_OK);
-		assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+		assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 		assert_string_equal(g.body, "x");
 		assert_int_equal(p.keep_alive, cases[i].keep);
 	}
@@ -243,26 +243,26 @@ static void test_parse_leftover(void **state)
 {
 	(void)state;
 	static const char s[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200";
-	agent_http_parser p;
-	agent_http_parser_init(&p);
+	perch_http_parser p;
+	perch_http_parser_init(&p);
 	size_t used;
-	assert_int_equal(agent_http_parse(&p, s, strlen(s), &used, NULL), PERCH_OK);
-	assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+	assert_int_equal(perch_http_parse(&p, s, strlen(s), &used, NULL), PERCH_OK);
+	assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 	assert_int_equal(used, strlen(s) - strlen("HTTP/1.1 200"));
 	assert_int_equal(p.body, 2);
 	/* Nothing more is taken once DONE. */
-	assert_int_equal(agent_http_parse(&p, "x", 1, &used, NULL), PERCH_OK);
+	assert_int_equal(perch_http_parse(&p, "x", 1, &used, NULL), PERCH_OK);
 	assert_int_equal(used, 0);
 }
 
 static void test_parse_sink_error(void **state)
 {
 	(void)state;
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {.fail = PERCH_ETOOBIG};
-	agent_http_sink sink = {got_head, got_body, &g};
-	agent_http_parser_init(&p);
-	assert_int_equal(agent_http_parse(&p, ans_pull, strlen(ans_pull), NULL, &sink),
+	perch_http_sink sink = {got_head, got_body, &g};
+	perch_http_parser_init(&p);
+	assert_int_equal(perch_http_parse(&p, ans_pull, strlen(ans_pull), NULL, &sink),
 	                 PERCH_ETOOBIG);
 	assert_int_equal(g.calls, 1);
 	assert_int_equal(g.heads, 1);
@@ -271,16 +271,16 @@ static void test_parse_sink_error(void **state)
 /* expect_bad parses s whole (then EOF) and expects err with why. */
 static void expect_bad(const char *s, size_t n, perch_err want, const char *why)
 {
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {0};
 	perch_err err = parse_split(&p, &g, s, n, n, n, true);
 	if (err != want || p.why == NULL || strcmp(p.why, why) != 0)
 		fail_msg("'%.60s': got %d '%s', want %d '%s'", s, err, p.why ? p.why : "(null)",
 		         want, why);
 	if (want == PERCH_EPROTO) {
-		assert_int_equal(p.state, AGENT_HTTP_S_ERROR);
+		assert_int_equal(p.state, PERCH_HTTP_S_ERROR);
 		/* Stays in ERROR. */
-		assert_int_equal(agent_http_parse(&p, "HTTP/1.1 200 OK\r\n", 17, NULL, NULL),
+		assert_int_equal(perch_http_parse(&p, "HTTP/1.1 200 OK\r\n", 17, NULL, NULL),
 		                 PERCH_EPROTO);
 	}
 }
@@ -357,36 +357,36 @@ static void test_parse_rejections(void **state)
 static void test_parse_limits(void **state)
 {
 	(void)state;
-	size_t cap = (size_t)AGENT_HTTP_HEAD_MAX * 2;
+	size_t cap = (size_t)PERCH_HTTP_HEAD_MAX * 2;
 	char *s = malloc(cap);
 	assert_non_null(s);
-	/* A header line of AGENT_HTTP_LINE_MAX bytes. */
+	/* A header line of PERCH_HTTP_LINE_MAX bytes. */
 	int o = snprintf(s, cap, "HTTP/1.1 200 OK\r\nX-Long: ");
-	memset(s + o, 'a', AGENT_HTTP_LINE_MAX);
-	snprintf(s + o + AGENT_HTTP_LINE_MAX, cap - (size_t)o - AGENT_HTTP_LINE_MAX, "\r\n\r\n");
+	memset(s + o, 'a', PERCH_HTTP_LINE_MAX);
+	snprintf(s + o + PERCH_HTTP_LINE_MAX, cap - (size_t)o - PERCH_HTTP_LINE_MAX, "\r\n\r\n");
 	expect_bad(s, strlen(s), PERCH_EPROTO, "header line too long");
 	/* ... even if it never ends. */
-	expect_bad(s, (size_t)o + AGENT_HTTP_LINE_MAX, PERCH_EPROTO, "header line too long");
+	expect_bad(s, (size_t)o + PERCH_HTTP_LINE_MAX, PERCH_EPROTO, "header line too long");
 	/* The longest line that fits is fine. */
 	o = snprintf(s, cap, "HTTP/1.1 200 OK\r\nX-Long: ");
 	/* The line and its '\r' fill the buffer but for the NUL. */
-	size_t fill = AGENT_HTTP_LINE_MAX - 2 - strlen("X-Long: ");
+	size_t fill = PERCH_HTTP_LINE_MAX - 2 - strlen("X-Long: ");
 	memset(s + o, 'a', fill);
 	snprintf(s + o + fill, cap - (size_t)o - fill, "\r\nContent-Length: 0\r\n\r\n");
-	agent_http_parser p;
+	perch_http_parser p;
 	got g = {0};
 	assert_int_equal(parse_split(&p, &g, s, strlen(s), 100, 5000, false), PERCH_OK);
-	assert_int_equal(p.state, AGENT_HTTP_S_DONE);
+	assert_int_equal(p.state, PERCH_HTTP_S_DONE);
 	/* A status line that never ends. */
-	memset(s, 'H', AGENT_HTTP_LINE_MAX + 1);
-	expect_bad(s, AGENT_HTTP_LINE_MAX + 1, PERCH_EPROTO, "status line too long");
+	memset(s, 'H', PERCH_HTTP_LINE_MAX + 1);
+	expect_bad(s, PERCH_HTTP_LINE_MAX + 1, PERCH_EPROTO, "status line too long");
 	/* A chunk-size line that never ends. */
 	o = snprintf(s, cap, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;");
-	memset(s + o, 'e', AGENT_HTTP_LINE_MAX);
-	expect_bad(s, (size_t)o + AGENT_HTTP_LINE_MAX, PERCH_EPROTO, "chunk size line too long");
+	memset(s + o, 'e', PERCH_HTTP_LINE_MAX);
+	expect_bad(s, (size_t)o + PERCH_HTTP_LINE_MAX, PERCH_EPROTO, "chunk size line too long");
 	/* Too many header lines. */
 	o = snprintf(s, cap, "HTTP/1.1 200 OK\r\n");
-	for (int i = 0; i <= AGENT_HTTP_FIELDS_MAX; i++)
+	for (int i = 0; i <= PERCH_HTTP_FIELDS_MAX; i++)
 		o += snprintf(s + o, cap - (size_t)o, "X-%d: v\r\n", i);
 	expect_bad(s, (size_t)o, PERCH_EPROTO, "too many header lines");
 	/* A header block too large, in lines that are each fine. */
@@ -412,7 +412,7 @@ static void test_request(void **state)
 	char *r;
 	size_t n;
 	const char *hdrs[] = {"Content-Type: application/json", "X-Registry-Auth: eyJ1c2VyIjoi"};
-	assert_int_equal(agent_http_request("POST", "/v1.41/containers/create?name=a", "docker",
+	assert_int_equal(perch_http_request("POST", "/v1.41/containers/create?name=a", "docker",
 	                                    hdrs, 2, "{\"Image\":\"x\"}", 13, &r, &n),
 	                 PERCH_OK);
 	assert_string_equal(r, "POST /v1.41/containers/create?name=a HTTP/1.1\r\n"
@@ -423,52 +423,52 @@ static void test_request(void **state)
 	                       "\r\n"
 	                       "{\"Image\":\"x\"}");
 	assert_int_equal(n, strlen(r));
-	agent_http_request_free(r, n);
-	assert_int_equal(agent_http_request("GET", "/_ping", "docker", NULL, 0, NULL, 0, &r, &n),
+	perch_http_request_free(r, n);
+	assert_int_equal(perch_http_request("GET", "/_ping", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_OK);
 	assert_string_equal(r, "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n");
-	agent_http_request_free(r, n);
-	assert_int_equal(agent_http_request("POST", "/x/start", "docker", NULL, 0, NULL, 0, &r, &n),
+	perch_http_request_free(r, n);
+	assert_int_equal(perch_http_request("POST", "/x/start", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_OK);
 	assert_string_equal(r,
 	                    "POST /x/start HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
-	agent_http_request_free(r, n);
-	agent_http_request_free(NULL, 0);
+	perch_http_request_free(r, n);
+	perch_http_request_free(NULL, 0);
 
 	const char *crlf[] = {"X-A: b\r\nX-Evil: 1"};
 	const char *nocolon[] = {"X-A b"};
 	const char *space[] = {"X A: b"};
-	assert_int_equal(agent_http_request("GET", "/a b", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a b", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "/a\r\n", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a\r\n", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "a", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "a", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("G T", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("G T", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "/a", "dock er", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a", "dock er", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "/a", "docker", crlf, 1, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a", "docker", crlf, 1, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "/a", "docker", nocolon, 1, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a", "docker", nocolon, 1, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
-	assert_int_equal(agent_http_request("GET", "/a", "docker", space, 1, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a", "docker", space, 1, NULL, 0, &r, &n),
 	                 PERCH_EINVAL);
 	assert_null(r);
-	char *big = malloc(AGENT_HTTP_LINE_MAX + 2);
+	char *big = malloc(PERCH_HTTP_LINE_MAX + 2);
 	assert_non_null(big);
-	memset(big, 'a', AGENT_HTTP_LINE_MAX + 1);
+	memset(big, 'a', PERCH_HTTP_LINE_MAX + 1);
 	big[0] = '/';
-	big[AGENT_HTTP_LINE_MAX + 1] = '\0';
-	assert_int_equal(agent_http_request("GET", big, "docker", NULL, 0, NULL, 0, &r, &n),
+	big[PERCH_HTTP_LINE_MAX + 1] = '\0';
+	assert_int_equal(perch_http_request("GET", big, "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_ETOOBIG);
 	free(big);
 	/* Allocation failure: an error, nothing left behind. */
 	size_t blocks = perch_alloc_blocks();
 	perch_alloc_fail_after(0);
-	assert_int_equal(agent_http_request("GET", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
+	assert_int_equal(perch_http_request("GET", "/a", "docker", NULL, 0, NULL, 0, &r, &n),
 	                 PERCH_ENOMEM);
 	perch_alloc_fail_after(-1);
 	assert_null(r);
@@ -486,7 +486,7 @@ static const char ping_req[] = "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n";
 static perch_err call_fake(const char *path, int *kept, agent_http_xfer *x, got *g, long timeout_ms,
                            const char *req)
 {
-	agent_http_sink sink = {got_head, got_body, g};
+	perch_http_sink sink = {got_head, got_body, g};
 	memset(g, 0, sizeof *g);
 	if (req == NULL)
 		req = ping_req;
@@ -674,7 +674,7 @@ static void test_client_async(void **state)
 	assert_non_null(f);
 	agent_http_xfer x;
 	got g = {0};
-	agent_http_sink sink = {got_head, got_body, &g};
+	perch_http_sink sink = {got_head, got_body, &g};
 	agent_http_xfer_begin(&x, f->path, -1, ping_req, strlen(ping_req), &sink, 1000, -1);
 	while (!agent_http_xfer_step(&x, 0)) {
 		struct pollfd p;

@@ -1,5 +1,6 @@
 /*
- * http_wire.c — the pure half of the agent's HTTP/1.1 client: the request
+ * http_wire.c — the pure half of an HTTP/1.1 client (perch-agent's for the
+ * Docker socket, the `perch` command line's for perch-hub): the request
  * writer, and the streaming parser of an answer, fed bytes split anywhere
  * (one at a time, or all at once). A state machine over whole lines (status,
  * headers, chunk sizes, trailers), each gathered in a bounded buffer, and
@@ -7,9 +8,10 @@
  * chunks, or until the peer closes. Interim 1xx answers are skipped. The
  * engine on the other end is semi-trusted: anything malformed or over a
  * limit ends in PERCH_EPROTO with a reason, and the parser stays in ERROR.
- * No I/O here; http_test.c and tests/fuzz/fuzz_http_response.c cover it.
+ * No I/O here; agent/src/http_test.c and tests/fuzz/fuzz_http_response.c
+ * cover it.
  */
-#include "http.h"
+#include "perch/http_wire.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -21,10 +23,10 @@
 #define CHUNK_SIZE_MAX    (1ull << 60) /* a chunk size below 16^15, leading zeros aside */
 #define METHOD_MAX        32
 
-void agent_http_parser_init(agent_http_parser *p)
+void perch_http_parser_init(perch_http_parser *p)
 {
 	/* Everything but the line buffer, which is scratch. */
-	p->state = AGENT_HTTP_S_STATUS;
+	p->state = PERCH_HTTP_S_STATUS;
 	p->status = 0;
 	p->minor = 0;
 	p->keep_alive = false;
@@ -43,9 +45,9 @@ void agent_http_parser_init(agent_http_parser *p)
 }
 
 /* fail puts p in ERROR with why. */
-static perch_err fail(agent_http_parser *p, const char *why)
+static perch_err fail(perch_http_parser *p, const char *why)
 {
-	p->state = AGENT_HTTP_S_ERROR;
+	p->state = PERCH_HTTP_S_ERROR;
 	p->why = why;
 	return PERCH_EPROTO;
 }
@@ -72,7 +74,7 @@ static bool token_is(const char *s, size_t n, const char *t)
 /* ---- header lines ---------------------------------------------------------------- */
 
 /* parse_length reads a Content-Length value. */
-static perch_err parse_length(agent_http_parser *p, const char *v, size_t n)
+static perch_err parse_length(perch_http_parser *p, const char *v, size_t n)
 {
 	if (n == 0 || n > LENGTH_DIGITS_MAX)
 		return fail(p, "bad Content-Length");
@@ -115,11 +117,11 @@ static bool next_token(const char *v, size_t n, size_t *pos, const char **t, siz
 
 /* field_line checks one header or trailer line ("Name: value") and, for a
  * header (interpret true), takes what framing needs from it. */
-static perch_err field_line(agent_http_parser *p, bool interpret)
+static perch_err field_line(perch_http_parser *p, bool interpret)
 {
 	const char *l = p->line;
 	size_t n = p->line_len;
-	if (++p->fields > AGENT_HTTP_FIELDS_MAX)
+	if (++p->fields > PERCH_HTTP_FIELDS_MAX)
 		return fail(p, "too many header lines");
 	if (is_ows(l[0]))
 		return fail(p, "folded header line");
@@ -166,7 +168,7 @@ static perch_err field_line(agent_http_parser *p, bool interpret)
 }
 
 /* status_line reads "HTTP/1.x SSS reason". */
-static perch_err status_line(agent_http_parser *p)
+static perch_err status_line(perch_http_parser *p)
 {
 	const char *l = p->line;
 	size_t n = p->line_len;
@@ -189,38 +191,38 @@ static perch_err status_line(agent_http_parser *p)
 		return fail(p, "unexpected 101 Switching Protocols");
 	p->minor = l[7] - '0';
 	p->status = code;
-	p->state = AGENT_HTTP_S_HEADER;
+	p->state = PERCH_HTTP_S_HEADER;
 	return PERCH_OK;
 }
 
 /* head_done decides how the body is framed once the header block ended. */
-static perch_err head_done(agent_http_parser *p, const agent_http_sink *sink)
+static perch_err head_done(perch_http_parser *p, const perch_http_sink *sink)
 {
 	if (p->status < 200) {
 		/* An interim answer (100 Continue, 102, 103): the real one follows. */
 		p->status = 0;
 		p->has_length = p->chunked = p->te_other = p->conn_close = p->conn_keep = false;
 		p->length = 0;
-		p->state = AGENT_HTTP_S_STATUS;
+		p->state = PERCH_HTTP_S_STATUS;
 		return PERCH_OK;
 	}
 	if (p->chunked)
 		p->te_other = false;
 	p->keep_alive = !p->conn_close && (p->minor >= 1 || p->conn_keep);
 	if (p->status == 204 || p->status == 304) {
-		p->state = AGENT_HTTP_S_DONE;
+		p->state = PERCH_HTTP_S_DONE;
 	} else if (p->chunked) {
 		if (p->has_length)
 			p->keep_alive = false; /* both framings given: trust neither afterwards */
-		p->state = AGENT_HTTP_S_CHUNK_SIZE;
+		p->state = PERCH_HTTP_S_CHUNK_SIZE;
 	} else if (p->te_other || !p->has_length) {
 		p->keep_alive = false;
-		p->state = AGENT_HTTP_S_CLOSE;
+		p->state = PERCH_HTTP_S_CLOSE;
 	} else if (p->length == 0) {
-		p->state = AGENT_HTTP_S_DONE;
+		p->state = PERCH_HTTP_S_DONE;
 	} else {
 		p->left = p->length;
-		p->state = AGENT_HTTP_S_BODY_LEN;
+		p->state = PERCH_HTTP_S_BODY_LEN;
 	}
 	if (sink != NULL && sink->head != NULL)
 		return sink->head(sink->ud, p);
@@ -228,7 +230,7 @@ static perch_err head_done(agent_http_parser *p, const agent_http_sink *sink)
 }
 
 /* chunk_size reads "HEX[ ][;ext...]". */
-static perch_err chunk_size(agent_http_parser *p)
+static perch_err chunk_size(perch_http_parser *p)
 {
 	const char *l = p->line;
 	size_t n = p->line_len, i = 0;
@@ -255,30 +257,30 @@ static perch_err chunk_size(agent_http_parser *p)
 	if (i < n && l[i] != ';')
 		return fail(p, "bad chunk size");
 	if (size == 0) {
-		p->state = AGENT_HTTP_S_TRAILER;
+		p->state = PERCH_HTTP_S_TRAILER;
 	} else {
 		p->left = size;
-		p->state = AGENT_HTTP_S_CHUNK_DATA;
+		p->state = PERCH_HTTP_S_CHUNK_DATA;
 	}
 	return PERCH_OK;
 }
 
 /* on_line handles the complete line in p->line. */
-static perch_err on_line(agent_http_parser *p, const agent_http_sink *sink)
+static perch_err on_line(perch_http_parser *p, const perch_http_sink *sink)
 {
 	switch (p->state) {
-	case AGENT_HTTP_S_STATUS: return status_line(p);
-	case AGENT_HTTP_S_HEADER:
+	case PERCH_HTTP_S_STATUS: return status_line(p);
+	case PERCH_HTTP_S_HEADER:
 		return p->line_len == 0 ? head_done(p, sink) : field_line(p, true);
-	case AGENT_HTTP_S_CHUNK_SIZE: return chunk_size(p);
-	case AGENT_HTTP_S_CHUNK_END:
+	case PERCH_HTTP_S_CHUNK_SIZE: return chunk_size(p);
+	case PERCH_HTTP_S_CHUNK_END:
 		if (p->line_len != 0)
 			return fail(p, "no line end after chunk data");
-		p->state = AGENT_HTTP_S_CHUNK_SIZE;
+		p->state = PERCH_HTTP_S_CHUNK_SIZE;
 		return PERCH_OK;
-	case AGENT_HTTP_S_TRAILER:
+	case PERCH_HTTP_S_TRAILER:
 		if (p->line_len == 0) {
-			p->state = AGENT_HTTP_S_DONE;
+			p->state = PERCH_HTTP_S_DONE;
 			return PERCH_OK;
 		}
 		return field_line(p, false);
@@ -286,19 +288,19 @@ static perch_err on_line(agent_http_parser *p, const agent_http_sink *sink)
 	}
 }
 
-/* line_too_long names the line that passed AGENT_HTTP_LINE_MAX. */
-static const char *line_too_long(agent_http_state st)
+/* line_too_long names the line that passed PERCH_HTTP_LINE_MAX. */
+static const char *line_too_long(perch_http_state st)
 {
 	switch (st) {
-	case AGENT_HTTP_S_STATUS: return "status line too long";
-	case AGENT_HTTP_S_CHUNK_SIZE:
-	case AGENT_HTTP_S_CHUNK_END: return "chunk size line too long";
+	case PERCH_HTTP_S_STATUS: return "status line too long";
+	case PERCH_HTTP_S_CHUNK_SIZE:
+	case PERCH_HTTP_S_CHUNK_END: return "chunk size line too long";
 	default: return "header line too long";
 	}
 }
 
 /* deliver hands n body bytes to the sink. */
-static perch_err deliver(agent_http_parser *p, const agent_http_sink *sink, const char *data,
+static perch_err deliver(perch_http_parser *p, const perch_http_sink *sink, const char *data,
                          size_t n)
 {
 	p->body += n;
@@ -307,26 +309,26 @@ static perch_err deliver(agent_http_parser *p, const agent_http_sink *sink, cons
 	return sink->body(sink->ud, data, n);
 }
 
-perch_err agent_http_parse(agent_http_parser *p, const char *data, size_t n, size_t *used,
-                           const agent_http_sink *sink)
+perch_err perch_http_parse(perch_http_parser *p, const char *data, size_t n, size_t *used,
+                           const perch_http_sink *sink)
 {
 	size_t i = 0;
 	perch_err err = PERCH_OK;
-	if (p->state == AGENT_HTTP_S_ERROR)
+	if (p->state == PERCH_HTTP_S_ERROR)
 		err = PERCH_EPROTO;
-	while (err == PERCH_OK && i < n && p->state != AGENT_HTTP_S_DONE) {
-		agent_http_state st = p->state;
-		if (st == AGENT_HTTP_S_BODY_LEN || st == AGENT_HTTP_S_CHUNK_DATA ||
-		    st == AGENT_HTTP_S_CLOSE) {
+	while (err == PERCH_OK && i < n && p->state != PERCH_HTTP_S_DONE) {
+		perch_http_state st = p->state;
+		if (st == PERCH_HTTP_S_BODY_LEN || st == PERCH_HTTP_S_CHUNK_DATA ||
+		    st == PERCH_HTTP_S_CLOSE) {
 			size_t k = n - i;
-			if (st != AGENT_HTTP_S_CLOSE && k > p->left)
+			if (st != PERCH_HTTP_S_CLOSE && k > p->left)
 				k = (size_t)p->left;
-			if (st != AGENT_HTTP_S_CLOSE) {
+			if (st != PERCH_HTTP_S_CLOSE) {
 				p->left -= k;
 				if (p->left == 0)
-					p->state = st == AGENT_HTTP_S_BODY_LEN
-					                   ? AGENT_HTTP_S_DONE
-					                   : AGENT_HTTP_S_CHUNK_END;
+					p->state = st == PERCH_HTTP_S_BODY_LEN
+					                   ? PERCH_HTTP_S_DONE
+					                   : PERCH_HTTP_S_CHUNK_END;
 			}
 			err = deliver(p, sink, data + i, k);
 			i += k;
@@ -335,13 +337,13 @@ perch_err agent_http_parse(agent_http_parser *p, const char *data, size_t n, siz
 		/* A line: gather up to its '\n'. */
 		const char *nl = memchr(data + i, '\n', n - i);
 		size_t k = nl != NULL ? (size_t)(nl - (data + i)) : n - i;
-		bool head = st == AGENT_HTTP_S_STATUS || st == AGENT_HTTP_S_HEADER ||
-		            st == AGENT_HTTP_S_TRAILER;
-		if (p->line_len + k >= AGENT_HTTP_LINE_MAX) {
+		bool head = st == PERCH_HTTP_S_STATUS || st == PERCH_HTTP_S_HEADER ||
+		            st == PERCH_HTTP_S_TRAILER;
+		if (p->line_len + k >= PERCH_HTTP_LINE_MAX) {
 			err = fail(p, line_too_long(st));
 			break;
 		}
-		if (head && p->head_bytes + k + 1 > AGENT_HTTP_HEAD_MAX) {
+		if (head && p->head_bytes + k + 1 > PERCH_HTTP_HEAD_MAX) {
 			err = fail(p, "headers too large");
 			break;
 		}
@@ -366,20 +368,20 @@ perch_err agent_http_parse(agent_http_parser *p, const char *data, size_t n, siz
 	return err;
 }
 
-perch_err agent_http_parse_eof(agent_http_parser *p)
+perch_err perch_http_parse_eof(perch_http_parser *p)
 {
 	switch (p->state) {
-	case AGENT_HTTP_S_DONE: return PERCH_OK;
-	case AGENT_HTTP_S_CLOSE:
-		p->state = AGENT_HTTP_S_DONE;
+	case PERCH_HTTP_S_DONE: return PERCH_OK;
+	case PERCH_HTTP_S_CLOSE:
+		p->state = PERCH_HTTP_S_DONE;
 		p->keep_alive = false;
 		return PERCH_OK;
-	case AGENT_HTTP_S_ERROR: return PERCH_EPROTO;
-	case AGENT_HTTP_S_STATUS:
+	case PERCH_HTTP_S_ERROR: return PERCH_EPROTO;
+	case PERCH_HTTP_S_STATUS:
 		p->why = p->head_bytes == 0 ? "before answering" : "in the middle of the headers";
 		break;
-	case AGENT_HTTP_S_HEADER: p->why = "in the middle of the headers"; break;
-	case AGENT_HTTP_S_BODY_LEN: p->why = "in the middle of the body"; break;
+	case PERCH_HTTP_S_HEADER: p->why = "in the middle of the headers"; break;
+	case PERCH_HTTP_S_BODY_LEN: p->why = "in the middle of the body"; break;
 	default: p->why = "before the last chunk"; break;
 	}
 	return PERCH_ECLOSED;
@@ -412,7 +414,7 @@ static bool header_ok(const char *h)
 	return true;
 }
 
-perch_err agent_http_request(const char *method, const char *target, const char *host,
+perch_err perch_http_request(const char *method, const char *target, const char *host,
                              const char *const *hdrs, size_t nh, const char *body, size_t body_len,
                              char **out, size_t *out_len)
 {
@@ -427,11 +429,11 @@ perch_err agent_http_request(const char *method, const char *target, const char 
 	if (!plain_text(target) || !plain_text(host))
 		return PERCH_EINVAL;
 	size_t tl = strlen(target), need = ml + tl + strlen(host) + 64;
-	if (tl >= AGENT_HTTP_LINE_MAX - 16)
+	if (tl >= PERCH_HTTP_LINE_MAX - 16)
 		return PERCH_ETOOBIG;
 	for (size_t i = 0; i < nh; i++) {
 		size_t hl = strlen(hdrs[i]);
-		if (hl >= AGENT_HTTP_LINE_MAX)
+		if (hl >= PERCH_HTTP_LINE_MAX)
 			return PERCH_ETOOBIG;
 		if (!header_ok(hdrs[i]))
 			return PERCH_EINVAL;
@@ -461,7 +463,7 @@ perch_err agent_http_request(const char *method, const char *target, const char 
 	return PERCH_OK;
 }
 
-void agent_http_request_free(char *req, size_t len)
+void perch_http_request_free(char *req, size_t len)
 {
 	if (req == NULL)
 		return;
