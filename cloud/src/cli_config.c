@@ -124,10 +124,11 @@ perch_err cli_load(cli *c)
 		fprintf(stderr, "perch: %s\n", errs.msg[i]);
 	if (errs.dropped > 0)
 		fprintf(stderr, "perch: %s: %zu more errors\n", path, errs.dropped);
+	bool told = errs.n > 0; /* a file that cannot be read is in errs too */
 	perch_cfg_errors_free(&errs);
 	if (err == PERCH_OK)
 		err = read_listen(path, &c->listen);
-	if (err != PERCH_OK && err != PERCH_ECONFIG)
+	if (err != PERCH_OK && err != PERCH_ECONFIG && !told)
 		fprintf(stderr, "perch: cannot read the configuration %s: %s\n", path,
 		        perch_strerror(err));
 	return err;

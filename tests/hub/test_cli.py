@@ -327,3 +327,6 @@ def test_usage_and_help(twhub):
         f.write(text.replace("device:\n", "device:\n  colour: blue\n"))
     rc, out, err = perch(broken, "method", "filter", "m")
     assert rc == 2 and "device.colour" in err, (rc, err)
+    # a config file that is not there: one line naming it
+    rc, out, err = perch(cfg + ".missing", "c2d", "leaf1")
+    assert rc == 2 and out == "" and cfg + ".missing" in one_line(err), (rc, err)
