@@ -256,9 +256,14 @@ static bool c2d_headers(hub_method_http *r)
 	static const struct {
 		const char *header; /* lws custom header name, with its ':' */
 		const char *key;
-	} named[] = {{"iothub-messageid:", "$.mid"},
-	             {"iothub-correlationid:", "$.cid"},
-	             {"content-encoding:", "$.ce"}};
+	} named[] = {{"iothub-messageid:", "$.mid"}, {"iothub-correlationid:", "$.cid"}};
+	static const struct {
+		enum lws_token_indexes token; /* headers libwebsockets parses itself */
+		const char *key;
+		const char *bad; /* the answer when it is not acceptable */
+	} known[] = {{WSI_TOKEN_HTTP_CONTENT_TYPE, "$.ct", "Content-Type is too long or not text"},
+	             {WSI_TOKEN_HTTP_CONTENT_ENCODING, "$.ce",
+	              "Content-Encoding is too long or not text"}};
 	char v[MAX_HEADER];
 	const char *why = NULL;
 	r->props = perch_malloc(sizeof *r->props);
@@ -283,13 +288,14 @@ static bool c2d_headers(hub_method_http *r)
 		                    NULL) != PERCH_OK)
 			why = "a message property header is too long or not text";
 	}
-	n = lws_hdr_total_length(r->wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
-	if (why == NULL && n > 0) {
-		if (n >= (int)sizeof v ||
-		    lws_hdr_copy(r->wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_TYPE) < 0 ||
-		    perch_props_set(r->props, perch_slice_cstr("$.ct"), perch_slice_cstr(v),
+	for (size_t i = 0; why == NULL && i < sizeof known / sizeof known[0]; i++) {
+		n = lws_hdr_total_length(r->wsi, known[i].token);
+		if (n <= 0)
+			continue;
+		if (n >= (int)sizeof v || lws_hdr_copy(r->wsi, v, sizeof v, known[i].token) < 0 ||
+		    perch_props_set(r->props, perch_slice_cstr(known[i].key), perch_slice_cstr(v),
 		                    NULL) != PERCH_OK)
-			why = "Content-Type is too long";
+			why = known[i].bad;
 	}
 	r->ttl_s = HUB_C2D_DEFAULT_TTL_S;
 	n = lws_hdr_custom_length(r->wsi, "x-perch-ttl:", 12);

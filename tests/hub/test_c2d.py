@@ -109,7 +109,8 @@ def test_c2d_reaches_a_leaf_device_in_order_at_least_once(c2dhub):
     mids = []
     for i in range(3):
         status, hdrs, body = send_c2d(b, "leaf1", json.dumps({"i": i}).encode(), headers={
-            "Content-Type": "application/json", "iothub-correlationid": f"corr-{i}",
+            "Content-Type": "application/json", "Content-Encoding": "utf-8",
+            "iothub-correlationid": f"corr-{i}",
             "x-perch-properties": f"kind=cmd&n={i}&%24.cdid=forged"})
         assert status == 204, (status, body)
         assert hdrs.get("iothub-messageid"), hdrs
@@ -126,7 +127,8 @@ def test_c2d_reaches_a_leaf_device_in_order_at_least_once(c2dhub):
     assert prefix == "devices/leaf1/messages/devicebound", got[0].topic
     assert props["$.mid"] == mids[0] and props["$.cid"] == "corr-0", props
     assert props["$.to"] == "/devices/leaf1/messages/devicebound", props
-    assert props["$.ct"] == "application/json" and props["kind"] == "cmd", props
+    assert props["$.ct"] == "application/json" and props["$.ce"] == "utf-8", props
+    assert props["kind"] == "cmd", props
     assert "$.cdid" not in props, "a property only the hub sets came through"
     assert all(p.qos == 1 for p in got)
     c.close()  # no PUBACK: they come again, marked DUP, in order

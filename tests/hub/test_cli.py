@@ -271,9 +271,6 @@ def test_c2d_reaches_a_leaf_device_with_its_properties(twhub, tmp_path):
     assert bag(got[1].topic)[1]["$.mid"] == mid2 and bag(got[2].topic)[1]["$.mid"] == mid3
 
 
-@pytest.mark.xfail(strict=True, reason="perch-hub reads Content-Encoding as a custom header, "
-                   "but libwebsockets parses it as a known one (WSI_TOKEN_HTTP_CONTENT_ENCODING), "
-                   "so $.ce is never set (hub/src/method_http.c c2d_headers)")
 def test_c2d_content_encoding(twhub):
     b = twhub()
     rc, out, err = perch(ws_config(b), "c2d", "leaf1", "--body", "x",
