@@ -132,15 +132,17 @@ mkdir -p "$dev/agent" "$dev/hub"
 # default bridge's address (docker0's, when IPAM does not name a gateway).
 gateway=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)
 [ -n "$gateway" ] || gateway=$(ip -4 -o addr show docker0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
-# No --allow-anonymous: every client is an identity. The agent gives the
-# hub its server certificate (hub.tls.cert/key) for the TLS listeners.
-listen=(--listen "mqtt://127.0.0.1:$MQTT_PORT" --listen "ws://127.0.0.1:$WS_PORT")
+# No allow_anonymous: every client is an identity. The agent gives the hub
+# its server certificate (hub.tls.cert/key) for the TLS listeners. The hub
+# reads the hub: section of the same file (the agent passes --config on),
+# and so does the perch CLI, to find the hub.
+listen=("mqtt://127.0.0.1:$MQTT_PORT" "ws://127.0.0.1:$WS_PORT")
 if [ -n "$gateway" ]; then
-	listen+=(--listen "mqtt://$gateway:$MQTT_PORT")
-	[ "$DEMO_TLS" = 0 ] || listen+=(--listen "mqtts://$gateway:8883" --listen "wss://$gateway:443")
+	listen+=("mqtt://$gateway:$MQTT_PORT")
+	[ "$DEMO_TLS" = 0 ] || listen+=("mqtts://$gateway:8883" "wss://$gateway:443")
 fi
-hub_args="--data-dir, \"$dev/hub\", --metrics, \"127.0.0.1:$METRICS_PORT\""
-for a in "${listen[@]}"; do hub_args+=", \"$a\""; done
+hub_listen=$(printf '"%s", ' "${listen[@]}")
+hub_listen=${hub_listen%, }
 umask 077
 cat >"$dev/config.yaml" <<YAML
 # Written by deploy/run.sh for the demo device.
@@ -150,13 +152,16 @@ device:
   key_file: $dev/device.key
   certs_dir: $dev/certs
   hub_deployment: $dev/hub-deployment.json
+hub:
+  listen: [$hub_listen]
+  data_dir: $dev/hub
+  metrics: 127.0.0.1:$METRICS_PORT
 agent:
   instance: $INSTANCE
   data_dir: $dev/agent
   manifest: $dev/deployment.json
   hub:
     port: $MQTT_PORT
-    args: [$hub_args]
 YAML
 # Besides the sample: the module identity `watch` (status stopped: nothing
 # runs; `./deploy/run.sh watch` logs in as it) and a route that gives it a
