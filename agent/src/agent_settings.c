@@ -35,7 +35,7 @@ const perch_cfg_key agent_settings_table[] = {
         {"agent.hub.path", PERCH_CFG_STRING, 0, 1024, NULL, F(hub_path), NULL,
          "perch-hub binary; absent: perch-hub beside perch-agent"},
         {"agent.hub.args", PERCH_CFG_STRLIST, 0, 64, NULL, F(hub_args), NULL,
-         "arguments for perch-hub, e.g. [--allow-anonymous, --listen, mqtt://0.0.0.0:1883]"},
+         "extra arguments for perch-hub, e.g. [--log-level, debug] (its settings belong in hub:)"},
         {"agent.hub.port", PERCH_CFG_INT, 1, 65535, "1883", F(hub_port), NULL,
          "port modules reach perch-hub on (PERCH_HUB_PORT); probed on 127.0.0.1"},
         {"agent.hub.ready_timeout", PERCH_CFG_DURATION, 0, 3600000, "30s", F(hub_ready_ms), NULL,
