@@ -156,8 +156,9 @@ int hub_up_tls_connect(hub_up_tls *t, int port, char *why, size_t cap)
 	char ps[8];
 	snprintf(ps, sizeof ps, "%d", port);
 	int rc = getaddrinfo(t->host, ps, &hints, &res);
-	if (rc != 0) {
-		snprintf(why, cap, "cannot resolve %s: %s", t->host, gai_strerror(rc));
+	if (rc != 0 || res == NULL) {
+		snprintf(why, cap, "cannot resolve %s: %s", t->host,
+		         rc != 0 ? gai_strerror(rc) : "no address");
 		return -1;
 	}
 	/* IPv4 first: a parent named "localhost" often listens on 127.0.0.1 only. */
