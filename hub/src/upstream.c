@@ -646,8 +646,16 @@ static int cb_link(struct lws *wsi, enum lws_callback_reasons reason, void *user
 		return on_writeable(u, reason == LWS_CALLBACK_CLIENT_WRITEABLE);
 	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
 		if (u != NULL && (u->wsi == wsi || u->state == UP_CONNECTING)) {
-			char d[200];
-			snprintf(d, sizeof d, "%s", in != NULL ? (const char *)in : "");
+			char d[640];
+			const char *text = in != NULL ? (const char *)in : "";
+			/* lws's TLS errors are terse: say what to check. */
+			bool tls_err = strstr(text, "SSL") != NULL || strstr(text, "ssl") != NULL ||
+			               strstr(text, "tls") != NULL;
+			snprintf(d, sizeof d, "%.200s%s%s%s", text,
+			         tls_err ? " (TLS: the parent's certificate must verify against "
+			                   "hub.upstream.ca and name "
+			                 : "",
+			         tls_err ? u->url.host : "", tls_err ? ")" : "");
 			go_down(u, "connection failed", d[0] ? d : NULL);
 		}
 		return 0;

@@ -14,6 +14,7 @@ expired messages dropped, never sent. Duplicates are counted and printed."""
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -420,3 +421,22 @@ def test_expired_messages_never_sent(make_broker, workdir):
                                       reason="expired") == 40, 10, what="40 expired")
     h.wait_until(lambda: h.metric_sum(pair.child.metrics(),
                                       "perch_hub_upstream_queue_messages") == 0, 10)
+
+
+@pytest.mark.parametrize("scheme", ["mqtts", "wss"])
+def test_certificate_for_another_host_refused(make_broker, workdir, scheme):
+    """The parent's certificate verifies against the CA but names another host."""
+    d = os.path.join(workdir, "other-host")
+    os.makedirs(d)
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=other.example", "-addext", "subjectAltName=DNS:other.example",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", scheme), scheme=scheme,
+                tls=(cert, key), ca=cert)
+    line = pair.child.wait_log(r"cannot connect to 127\.0\.0\.1:\d+: ", timeout=15)
+    assert line, pair.child.log_tail(10)
+    print(f"\n[{scheme}, certificate for other.example] {line}")
+    time.sleep(0.5)
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0
+    assert not re.search(r"link to .* up", pair.child.log())
