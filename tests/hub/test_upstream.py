@@ -52,14 +52,15 @@ class Pair:
 
     def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
                  parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
-                 leaves=None, start_child=True, proxy=False, child_args=()):
+                 leaves=None, start_child=True, proxy=False, child_args=(),
+                 parent_routes=None):
         d = os.path.join(workdir, "ids")
         os.makedirs(d, exist_ok=True)
         self.dir = d
         pk, pd, pl = (os.path.join(d, n) for n in ("parent.key", "parent-dep.json",
                                                    "parent-leaves.json"))
         write_private(pk, PARENT_KEY + "\n")
-        write_json(pd, deployment(PARENT, ["consumer"], {
+        write_json(pd, deployment(PARENT, ["consumer"], parent_routes or {
             "fromChild": "FROM /messages/* INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")"}))
         write_json(pl, leaves or {DEV: {"primaryKey": DEVKEY, "edge": True}}, private=True)
         self.parent = make_broker(start=False, anonymous=False, listeners=parent_listeners,
@@ -440,3 +441,26 @@ def test_certificate_for_another_host_refused(make_broker, workdir, scheme):
     time.sleep(0.5)
     assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0
     assert not re.search(r"link to .* up", pair.child.log())
+
+
+def test_parent_routes_filter_and_forward_onward(make_broker, workdir):
+    """The parent's routes see the child's messages with their origin: a WHERE on
+    $connectionModuleId picks one module's, and everything goes on INTO the
+    parent's own $upstream (a grandparent's queue)."""
+    routes = {"pick": "FROM /messages/* WHERE $connectionModuleId = 'producer' "
+                      "INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")",
+              "onward": {"route": "FROM /messages/* INTO $upstream", "priority": 1}}
+    pair = Pair(make_broker, workdir, parent_routes=routes, start_child=False)
+    cons = pair.consumer()
+    c = h.Raw(pair.parent.ports["mqtt"])
+    ack = c.connect(DEV, clean=True, user=f"{PARENT_HOST}/{DEV}/?api-version=2018-06-30",
+                    password=sas(f"{PARENT_HOST}/devices/{DEV}", DEVKEY))
+    assert ack.rc == 0
+    for n in range(10):
+        mod = "producer" if n % 2 == 0 else "other"
+        c.publish(f"devices/{DEV}/modules/{mod}/messages/events/%24.on=o1&n={n}",
+                  json.dumps({"n": n}).encode(), qos=1)
+    got = cons.messages(5, timeout=10) + cons.quiet(0.5)
+    assert sorted(json.loads(m.payload)["n"] for m in got) == [0, 2, 4, 6, 8]
+    m = pair.parent.metrics()
+    assert h.metric_sum(m, "perch_hub_routed_total", reason="upstream") == 10
