@@ -53,7 +53,7 @@ class Pair:
     def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
                  parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
                  leaves=None, start_child=True, proxy=False, child_args=(),
-                 parent_routes=None):
+                 parent_routes=None, child_leaves=None):
         d = os.path.join(workdir, "ids")
         os.makedirs(d, exist_ok=True)
         self.dir = d
@@ -71,6 +71,8 @@ class Pair:
         self.parent.start()
         ck, cd = os.path.join(d, "child.key"), os.path.join(d, "child-dep.json")
         write_private(ck, child_key + "\n")
+        cl = os.path.join(d, "child-leaves.json")
+        write_json(cl, child_leaves or {}, private=True)
         write_json(cd, deployment(DEV, ["producer"], child_routes or {
             "up": "FROM /messages/* INTO $upstream"}))
         port = self.parent.ports[scheme]
@@ -83,7 +85,7 @@ class Pair:
                 "--set", f"device.key_file={ck}", "--set", f"device.hub_deployment={cd}",
                 "--upstream", url, "--set", f"hub.upstream.hostname={PARENT_HOST}",
                 "--set", "hub.upstream.backoff_max=1s", "--set", "hub.upstream.keepalive=10s",
-                "--set", "hub.sync=normal"]
+                "--set", "hub.sync=normal", "--set", f"hub.leaf_devices={cl}"]
         if ca:
             args += ["--set", f"hub.upstream.ca={ca}"]
         args += list(child_args)
@@ -464,3 +466,24 @@ def test_parent_routes_filter_and_forward_onward(make_broker, workdir):
     assert sorted(json.loads(m.payload)["n"] for m in got) == [0, 2, 4, 6, 8]
     m = pair.parent.metrics()
     assert h.metric_sum(m, "perch_hub_routed_total", reason="upstream") == 10
+
+
+def test_leaf_device_of_the_child_reaches_the_parent(make_broker, workdir):
+    """leaf device -> child hub -> parent hub: the leaf's telemetry keeps its
+    own device id all the way, authorized at the parent by "parent": gw1."""
+    leafkey = "bGVhZi1rZXktbGVhZi1rZXktbGVhZi1rZXktMTIzNA=="
+    pair = Pair(make_broker, workdir, child_leaves={"leafA": {"primaryKey": leafkey}},
+                leaves={DEV: {"primaryKey": DEVKEY, "edge": True},
+                        "leafA": {"primaryKey": leafkey, "parent": DEV}})
+    pair.wait_up()
+    cons = pair.consumer()
+    leaf = h.Raw(pair.child.ports["mqtt"])
+    ack = leaf.connect("leafA", clean=True, user=f"{HOSTNAME}/leafA/?api-version=2018-06-30",
+                       password=sas(f"{HOSTNAME}/devices/leafA", leafkey))
+    assert ack.rc == 0, pair.child.log_tail(10)
+    for n in range(20):
+        leaf.publish(f"devices/leafA/messages/events/n={n}", json.dumps({"n": n}).encode(), qos=1)
+    got, pkts = collect(cons, set(range(20)))
+    check_all(got, set(range(20)), "leaf -> child -> parent")
+    assert all("%24.cdid=leafA" in p.topic and "cmid" not in p.topic for p in pkts), pkts[0].topic
+    assert h.metric_sum(pair.parent.metrics(), "perch_hub_denied_total") in (None, 0)
