@@ -37,6 +37,7 @@
 #define CONNECT_TIMEOUT_MS 15000      /* TCP + TLS + CONNACK */
 #define TIMER_MS           250        /* housekeeping period while configured */
 #define RX_BUF             65536
+#define RENEW_DRAIN_MS     5000 /* token renewal: wait this long for PUBACKs at most */
 
 /* --- pure parts ---------------------------------------------------------------- */
 
@@ -418,7 +419,7 @@ static perch_err send_connect(hub_upstream *u)
 /* pump fills the window from the queues, highest priority first. */
 static void pump(hub_upstream *u)
 {
-	if (u->state != UP_UP || u->wsi == NULL)
+	if (u->state != UP_UP || u->wsi == NULL || hub_now_ms() >= u->renew_ms)
 		return;
 	int64_t now = wall_ms();
 	uint8_t hdr[PERCH_MQTT_PUBLISH_HEADER_MAX];
@@ -615,6 +616,8 @@ static int on_writeable(hub_upstream *u, bool ws)
 		if (u->tx_head == u->tx_len)
 			u->tx_head = u->tx_len = LWS_PRE;
 	}
+	if (u->closing_for_renewal && tx_pending(u) == 0)
+		return -1; /* DISCONNECT is out */
 	pump(u);
 	if (tx_pending(u) > 0)
 		lws_callback_on_writable(u->wsi);
@@ -848,8 +851,11 @@ static void on_timer(lws_sorted_usec_list_t *sul)
 			if (send_packet(u, &ping) == PERCH_OK)
 				u->ping_sent_ms = now;
 		}
-		if (now >= u->renew_ms && u->wsi != NULL && !u->closing_for_renewal) {
-			/* A clean DISCONNECT keeps the session at the parent. */
+		/* Token renewal: stop sending (pump checks renew_ms), let what is in
+		 * flight be acknowledged (at most RENEW_DRAIN_MS), then a clean
+		 * DISCONNECT, which keeps the session at the parent. */
+		if (now >= u->renew_ms && u->wsi != NULL && !u->closing_for_renewal &&
+		    (u->st.inflight == 0 || now - u->renew_ms >= RENEW_DRAIN_MS)) {
 			perch_mqtt_packet d = {.type = PERCH_MQTT_DISCONNECT};
 			if (send_packet(u, &d) == PERCH_OK) {
 				u->closing_for_renewal = true;
