@@ -204,6 +204,13 @@ perch_err hub_router_route(hub *h, const hub_identity *id, hub_msg *m, bool *dur
 		}
 		return err;
 	}
+	/* A child edge hub speaks for its modules and leaf devices: route as
+	 * the message's origin, so a source naming module m (FROM
+	 * /messages/modules/m/...) and $connectionDeviceId mean the child's
+	 * module or leaf device. */
+	hub_identity origin;
+	if (hub_identity_is_edge(id) && hub_identity_origin(id, m->topic, &origin))
+		id = &origin;
 	return route_msg(h, m, perch_slice_cstr(id->device), perch_slice_cstr(id->module), durable);
 }
 

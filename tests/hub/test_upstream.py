@@ -447,10 +447,13 @@ def test_certificate_for_another_host_refused(make_broker, workdir, scheme):
 
 def test_parent_routes_filter_and_forward_onward(make_broker, workdir):
     """The parent's routes see the child's messages with their origin: a WHERE on
-    $connectionModuleId picks one module's, and everything goes on INTO the
-    parent's own $upstream (a grandparent's queue)."""
+    $connectionModuleId picks one module's, a source naming a module
+    (FROM /messages/modules/{m}/outputs/{o}) the same, and everything goes on
+    INTO the parent's own $upstream (a grandparent's queue)."""
     routes = {"pick": "FROM /messages/* WHERE $connectionModuleId = 'producer' "
                       "INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")",
+              "byName": "FROM /messages/modules/other/outputs/o1 "
+                        "INTO BrokeredEndpoint(\"/modules/consumer/inputs/named\")",
               "onward": {"route": "FROM /messages/* INTO $upstream", "priority": 1}}
     pair = Pair(make_broker, workdir, parent_routes=routes, start_child=False)
     cons = pair.consumer()
@@ -462,8 +465,12 @@ def test_parent_routes_filter_and_forward_onward(make_broker, workdir):
         mod = "producer" if n % 2 == 0 else "other"
         c.publish(f"devices/{DEV}/modules/{mod}/messages/events/%24.on=o1&n={n}",
                   json.dumps({"n": n}).encode(), qos=1)
-    got = cons.messages(5, timeout=10) + cons.quiet(0.5)
-    assert sorted(json.loads(m.payload)["n"] for m in got) == [0, 2, 4, 6, 8]
+    got = cons.messages(10, timeout=10) + cons.quiet(0.5)
+    by_input = {}
+    for m in got:
+        by_input.setdefault(m.topic.split("/")[5], []).append(json.loads(m.payload)["n"])
+    assert sorted(by_input.get("in", [])) == [0, 2, 4, 6, 8], by_input
+    assert sorted(by_input.get("named", [])) == [1, 3, 5, 7, 9], by_input
     m = pair.parent.metrics()
     assert h.metric_sum(m, "perch_hub_routed_total", reason="upstream") == 10
 
@@ -472,9 +479,13 @@ def test_leaf_device_of_the_child_reaches_the_parent(make_broker, workdir):
     """leaf device -> child hub -> parent hub: the leaf's telemetry keeps its
     own device id all the way, authorized at the parent by "parent": gw1."""
     leafkey = "bGVhZi1rZXktbGVhZi1rZXktbGVhZi1rZXktMTIzNA=="
+    routes = {"leaves": "FROM /messages/* WHERE $connectionDeviceId = 'leafA' "
+                        "AND NOT IS_DEFINED($connectionModuleId) "
+                        "INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")"}
     pair = Pair(make_broker, workdir, child_leaves={"leafA": {"primaryKey": leafkey}},
                 leaves={DEV: {"primaryKey": DEVKEY, "edge": True},
-                        "leafA": {"primaryKey": leafkey, "parent": DEV}})
+                        "leafA": {"primaryKey": leafkey, "parent": DEV}},
+                parent_routes=routes)
     pair.wait_up()
     cons = pair.consumer()
     leaf = h.Raw(pair.child.ports["mqtt"])
