@@ -12,6 +12,13 @@
  * every queue, so what was in flight goes out again, in order, with DUP.
  * The wire topic is the message's own (the hub stamped $.cdid/$.cmid into
  * it when it arrived), so the parent sees each message's true origin.
+ *
+ * Downward, the link subscribes (QoS 1) to the cloud-to-device topics of
+ * this device and of each of its leaf devices; what the parent sends there
+ * goes into the local C2D queues (c2d.c) and is acknowledged to the parent
+ * once it is durable here (or refused for good: unknown device, bad
+ * message). A message the local queue cannot take now (full) is not
+ * acknowledged: the parent keeps it and sends it again on the next link.
  */
 #include "upstream.h"
 
@@ -37,6 +44,8 @@
 #define CONNECT_TIMEOUT_MS 15000      /* TCP + TLS + CONNACK */
 #define TIMER_MS           250        /* housekeeping period while configured */
 #define RX_BUF             65536
+#define SUB_PID            65535 /* SUBSCRIBE's packet id: publishes use 1 .. window <= 65534 */
+#define SUB_BATCH          32    /* filters per SUBSCRIBE */
 #define RENEW_DRAIN_MS     5000 /* token renewal: wait this long for PUBACKs at most */
 
 /* --- pure parts ---------------------------------------------------------------- */
@@ -178,6 +187,16 @@ typedef enum up_state { UP_BACKOFF = 0, UP_CONNECTING, UP_WAIT_CONNACK, UP_UP } 
 /* Where an mqtts:// connection is (upstream_tls.c). */
 typedef enum tls_phase { TLS_TCP = 0, TLS_HANDSHAKE, TLS_DATA } tls_phase;
 
+/* A C2D message from the parent, waiting to be durable in the local queue. */
+typedef struct up_c2d {
+	struct hub_upstream *u;
+	uint64_t link; /* the connection it came on (hub_upstream.link_gen) */
+	uint16_t pid;  /* its packet id; 0 for QoS 0 */
+	hub_c2d_req *req;
+	char device[PERCH_DEVICE_ID_MAX + 1];
+	struct up_c2d *next, *prev;
+} up_c2d;
+
 /* One publish in flight; its packet id is its index + 1. */
 typedef struct up_slot {
 	hub_queue *q; /* NULL: free */
@@ -215,6 +234,8 @@ typedef struct hub_upstream {
 	char detail[320];
 	bool was_up; /* the last connection reached UP */
 	hub_upstream_stats st;
+	uint64_t link_gen; /* counts connections: a late C2D answer is for the one it came on */
+	up_c2d *c2d;       /* C2D messages from the parent not yet durable here */
 } hub_upstream;
 
 static int64_t wall_ms(void)
@@ -332,6 +353,7 @@ static void go_down(hub_upstream *u, const char *reason, const char *detail)
 		u->st.up = false;
 		u->st.reconnects++;
 		u->st.down_since_ms = wall_ms();
+		u->st.up_at_ms = 0;
 		if (renewal)
 			PERCH_INFO(LOG_MOD, "link to %s down: %s; reconnecting with a new token",
 			           u->url.host, reason);
@@ -509,6 +531,121 @@ static const char *connack_text(uint8_t rc)
 	}
 }
 
+/* --- downward: cloud-to-device messages from the parent ------------------------ */
+
+static perch_err send_ack(hub_upstream *u, perch_mqtt_type type, uint16_t pid)
+{
+	perch_mqtt_packet ack = {.type = type, .ack = {.packet_id = pid}};
+	return send_packet(u, &ack);
+}
+
+/* subscribe_c2d subscribes to the C2D topics of this device and of each of
+ * its leaf devices (the parent refuses those not registered under it). */
+static perch_err subscribe_c2d(hub_upstream *u)
+{
+	const hub_identities *ids = &u->h->ids;
+	size_t n = 1 + perch_map_count(&ids->leaves), k = 0, pos = 0;
+	char(*filters)[PERCH_DEVICE_ID_MAX + 40] = perch_calloc(n, sizeof *filters);
+	perch_mqtt_filter *entries = perch_calloc(n, sizeof *entries);
+	perch_err err = filters != NULL && entries != NULL ? PERCH_OK : PERCH_ENOMEM;
+	const perch_map_slot *slot;
+	const char *dev = ids->device_id;
+	while (err == PERCH_OK && dev != NULL) {
+		snprintf(filters[k], sizeof filters[k], "devices/%s/messages/devicebound/#", dev);
+		entries[k] = (perch_mqtt_filter){perch_slice_cstr(filters[k]), 1};
+		k++;
+		slot = k < n ? perch_map_next(&ids->leaves, &pos) : NULL;
+		dev = slot != NULL ? slot->key : NULL;
+	}
+	for (size_t i = 0; err == PERCH_OK && i < k; i += SUB_BATCH) {
+		perch_mqtt_packet sub = {.type = PERCH_MQTT_SUBSCRIBE,
+		                         .subscribe = {.packet_id = SUB_PID,
+		                                       .count = k - i < SUB_BATCH ? k - i : SUB_BATCH,
+		                                       .entries = entries + i}};
+		err = send_packet(u, &sub);
+	}
+	perch_free(filters);
+	perch_free(entries);
+	return err;
+}
+
+static void c2d_unlink(up_c2d *x)
+{
+	if (x->prev != NULL)
+		x->prev->next = x->next;
+	else if (x->u != NULL)
+		x->u->c2d = x->next;
+	if (x->next != NULL)
+		x->next->prev = x->prev;
+}
+
+/* c2d_done: c2d.c's answer for a message from the parent. */
+static void c2d_done(void *arg, unsigned status, const char *body, size_t len, const char *mid)
+{
+	up_c2d *x = arg;
+	hub_upstream *u = x->u;
+	/* Refused for good (no such device here, a bad message): acknowledged and
+	 * dropped, or the parent would send it forever. Full: not acknowledged. */
+	bool ack = status == 204 || status == 400 || status == 404 || status == 413;
+	if (status != 204)
+		PERCH_WARN(LOG_MOD, "C2D message %s for %s from the parent: %u %.*s: %s", mid,
+		           x->device, status, (int)(len > 200 ? 200 : len), body,
+		           ack ? "dropped" : "not acknowledged (the parent sends it again on the next link)");
+	c2d_unlink(x);
+	if (u != NULL && ack && x->pid != 0 && x->link == u->link_gen && u->state == UP_UP &&
+	    send_ack(u, PERCH_MQTT_PUBACK, x->pid) != PERCH_OK)
+		PERCH_WARN(LOG_MOD, "out of memory: C2D message %s not acknowledged to the parent",
+		           mid);
+	perch_free(x);
+}
+
+/* on_publish takes a PUBLISH from the parent: a C2D message for this device
+ * or one of its leaf devices; anything else is acknowledged and dropped. */
+static int on_publish(hub_upstream *u, const perch_mqtt_publish *p)
+{
+	perch_iothub_topic t;
+	perch_props props;
+	up_c2d *x = NULL;
+	const char *why = NULL;
+	if (p->qos > 1)
+		why = "QoS 2 (the link subscribes with QoS 1)";
+	else if (perch_iothub_topic_parse(p->topic, &t, NULL) != PERCH_OK || t.kind != PERCH_IOTHUB_C2D)
+		why = "not a cloud-to-device topic";
+	else if (perch_props_parse(t.props, &props, NULL) != PERCH_OK)
+		why = "a bad property bag";
+	else if ((x = perch_calloc(1, sizeof *x)) == NULL)
+		return fail(u, "out of memory", NULL);
+	size_t dn = 0;
+	if (why == NULL && (perch_props_url_decode(t.device, x->device, sizeof x->device - 1, &dn,
+	                                           NULL) != PERCH_OK ||
+	                    memchr(x->device, '\0', dn) != NULL)) {
+		why = "a bad device id";
+	}
+	if (why != NULL) {
+		perch_free(x);
+		PERCH_WARN(LOG_MOD, "a message from the parent on %.*s dropped: %s",
+		           (int)(p->topic.len > 200 ? 200 : p->topic.len), p->topic.ptr, why);
+		if (p->qos == 0)
+			return 0;
+		return send_ack(u, p->qos == 1 ? PERCH_MQTT_PUBACK : PERCH_MQTT_PUBREC, p->packet_id) ==
+		                       PERCH_OK
+		               ? 0
+		               : fail(u, "out of memory", NULL);
+	}
+	x->device[dn] = '\0';
+	x->u = u;
+	x->link = u->link_gen;
+	x->pid = p->qos == 1 ? p->packet_id : 0;
+	x->next = u->c2d;
+	if (u->c2d != NULL)
+		u->c2d->prev = x;
+	u->c2d = x;
+	/* done may run at once (and free x): x is not touched after this. */
+	hub_c2d_send(u->h, x->device, &props, p->payload, HUB_C2D_DEFAULT_TTL_S, c2d_done, x,
+	             &x->req);
+	return 0;
+}
+
 static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 {
 	switch (pkt->type) {
@@ -527,28 +664,32 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 		u->attempt = 0;
 		u->st.up = true;
 		u->st.down_since_ms = 0;
+		u->st.up_at_ms = wall_ms();
 		u->up_since_ms = hub_now_ms();
 		u->first_acked = false;
 		u->was_up = true;
 		PERCH_NOTICE(LOG_MOD, "link to %s:%d up as %s (session %s, window %zu)",
 		             u->url.host, u->url.port, u->h->ids.device_id,
 		             pkt->connack.session_present ? "resumed" : "new", u->window);
+		if (subscribe_c2d(u) != PERCH_OK)
+			return fail(u, "out of memory", NULL);
 		pump(u);
+		return 0;
+	}
+	case PERCH_MQTT_SUBACK: {
+		size_t refused = 0;
+		for (size_t i = 0; i < pkt->suback.count; i++)
+			refused += pkt->suback.codes[i] == 0x80;
+		if (refused > 0)
+			PERCH_WARN(LOG_MOD,
+			           "the parent refused cloud-to-device messages for %zu of %zu devices "
+			           "(a leaf device not registered there with \"parent\": \"%s\"?)",
+			           refused, pkt->suback.count, u->h->ids.device_id);
 		return 0;
 	}
 	case PERCH_MQTT_PUBACK: return on_puback(u, pkt->ack.packet_id);
 	case PERCH_MQTT_PINGRESP: return 0;
-	case PERCH_MQTT_PUBLISH: {
-		/* Nothing is subscribed yet; acknowledge so the parent does not resend. */
-		if (pkt->publish.qos > 0) {
-			perch_mqtt_packet ack = {.type = pkt->publish.qos == 1 ? PERCH_MQTT_PUBACK
-			                                                       : PERCH_MQTT_PUBREC,
-			                         .ack = {.packet_id = pkt->publish.packet_id}};
-			if (send_packet(u, &ack) != PERCH_OK)
-				return fail(u, "out of memory", NULL);
-		}
-		return 0;
-	}
+	case PERCH_MQTT_PUBLISH: return on_publish(u, &pkt->publish);
 	case PERCH_MQTT_PUBREL: {
 		perch_mqtt_packet ack = {.type = PERCH_MQTT_PUBCOMP,
 		                         .ack = {.packet_id = pkt->ack.packet_id}};
@@ -583,6 +724,7 @@ static int on_rx(hub_upstream *u, const uint8_t *in, size_t len)
 static int on_established(hub_upstream *u, struct lws *wsi)
 {
 	u->wsi = wsi;
+	u->link_gen++;
 	u->state = UP_WAIT_CONNACK;
 	u->last_rx_ms = hub_now_ms();
 	u->ping_sent_ms = 0;
@@ -894,6 +1036,8 @@ perch_err hub_upstream_open(hub *h)
 	snprintf(u->hostname, sizeof u->hostname, "%s",
 	         h->cfg.upstream_hostname ? h->cfg.upstream_hostname : u->url.host);
 	u->window = (size_t)h->cfg.upstream_window;
+	if (u->window >= SUB_PID)
+		u->window = SUB_PID - 1; /* SUB_PID is the SUBSCRIBE's */
 	u->slots = perch_calloc(u->window, sizeof *u->slots);
 	u->free_ids = perch_calloc(u->window, sizeof *u->free_ids);
 	if (u->slots == NULL || u->free_ids == NULL) {
@@ -960,6 +1104,12 @@ void hub_upstream_close(hub *h)
 	if (h->ctx != NULL)
 		lws_sul_cancel(&u->sul);
 	h->upstream = NULL;
+	while (u->c2d != NULL) {
+		up_c2d *x = u->c2d;
+		u->c2d = x->next;
+		hub_c2d_cancel(x->req); /* its done is not called: x is ours to free */
+		perch_free(x);
+	}
 	perch_mqtt_decoder_fini(&u->dec);
 	hub_up_tls_free(u->tls);
 	perch_free(u->tx);

@@ -70,6 +70,7 @@ typedef struct hub_upstream_stats {
 	bool configured;          /* hub.upstream.url is set */
 	bool up;                  /* CONNACK 0 received, link open */
 	int64_t down_since_ms;    /* Unix ms the link was last lost (start: the start), 0 when up */
+	int64_t up_at_ms;         /* Unix ms the link last came up, 0 when down */
 	uint64_t connects;        /* connection attempts */
 	uint64_t reconnects;      /* links that went down after being up */
 	uint64_t refused[6];      /* CONNACKs refused, by return code 1..5 */
