@@ -32,7 +32,9 @@
 #include "hub.h"
 #include "metrics.h"
 #include "perch/alloc.h"
+#include "perch/iothub_topic.h"
 #include "perch/log.h"
+#include "perch/props.h"
 #include "perch/sas.h"
 #include "store.h"
 #include "upstream_tls.h"
@@ -46,7 +48,7 @@
 #define RX_BUF             65536
 #define SUB_PID            65535 /* SUBSCRIBE's packet id: publishes use 1 .. window <= 65534 */
 #define SUB_BATCH          32    /* filters per SUBSCRIBE */
-#define RENEW_DRAIN_MS     5000 /* token renewal: wait this long for PUBACKs at most */
+#define RENEW_DRAIN_MS     5000  /* token renewal: wait this long for PUBACKs at most */
 
 /* --- pure parts ---------------------------------------------------------------- */
 
@@ -544,7 +546,7 @@ static perch_err send_ack(hub_upstream *u, perch_mqtt_type type, uint16_t pid)
 static perch_err subscribe_c2d(hub_upstream *u)
 {
 	const hub_identities *ids = &u->h->ids;
-	size_t n = 1 + perch_map_count(&ids->leaves), k = 0, pos = 0;
+	size_t n = 1 + ids->leaves.count, k = 0, pos = 0;
 	char(*filters)[PERCH_DEVICE_ID_MAX + 40] = perch_calloc(n, sizeof *filters);
 	perch_mqtt_filter *entries = perch_calloc(n, sizeof *entries);
 	perch_err err = filters != NULL && entries != NULL ? PERCH_OK : PERCH_ENOMEM;
@@ -558,10 +560,11 @@ static perch_err subscribe_c2d(hub_upstream *u)
 		dev = slot != NULL ? slot->key : NULL;
 	}
 	for (size_t i = 0; err == PERCH_OK && i < k; i += SUB_BATCH) {
-		perch_mqtt_packet sub = {.type = PERCH_MQTT_SUBSCRIBE,
-		                         .subscribe = {.packet_id = SUB_PID,
-		                                       .count = k - i < SUB_BATCH ? k - i : SUB_BATCH,
-		                                       .entries = entries + i}};
+		perch_mqtt_packet sub = {
+		        .type = PERCH_MQTT_SUBSCRIBE,
+		        .subscribe = {.packet_id = SUB_PID,
+		                      .count = k - i < SUB_BATCH ? k - i : SUB_BATCH,
+		                      .entries = entries + i}};
 		err = send_packet(u, &sub);
 	}
 	perch_free(filters);
@@ -590,7 +593,8 @@ static void c2d_done(void *arg, unsigned status, const char *body, size_t len, c
 	if (status != 204)
 		PERCH_WARN(LOG_MOD, "C2D message %s for %s from the parent: %u %.*s: %s", mid,
 		           x->device, status, (int)(len > 200 ? 200 : len), body,
-		           ack ? "dropped" : "not acknowledged (the parent sends it again on the next link)");
+		           ack ? "dropped"
+		               : "not acknowledged (the parent sends it again on the next link)");
 	c2d_unlink(x);
 	if (u != NULL && ack && x->pid != 0 && x->link == u->link_gen && u->state == UP_UP &&
 	    send_ack(u, PERCH_MQTT_PUBACK, x->pid) != PERCH_OK)
@@ -609,7 +613,8 @@ static int on_publish(hub_upstream *u, const perch_mqtt_publish *p)
 	const char *why = NULL;
 	if (p->qos > 1)
 		why = "QoS 2 (the link subscribes with QoS 1)";
-	else if (perch_iothub_topic_parse(p->topic, &t, NULL) != PERCH_OK || t.kind != PERCH_IOTHUB_C2D)
+	else if (perch_iothub_topic_parse(p->topic, &t, NULL) != PERCH_OK ||
+	         t.kind != PERCH_IOTHUB_C2D)
 		why = "not a cloud-to-device topic";
 	else if (perch_props_parse(t.props, &props, NULL) != PERCH_OK)
 		why = "a bad property bag";
@@ -627,8 +632,8 @@ static int on_publish(hub_upstream *u, const perch_mqtt_publish *p)
 		           (int)(p->topic.len > 200 ? 200 : p->topic.len), p->topic.ptr, why);
 		if (p->qos == 0)
 			return 0;
-		return send_ack(u, p->qos == 1 ? PERCH_MQTT_PUBACK : PERCH_MQTT_PUBREC, p->packet_id) ==
-		                       PERCH_OK
+		return send_ack(u, p->qos == 1 ? PERCH_MQTT_PUBACK : PERCH_MQTT_PUBREC,
+		                p->packet_id) == PERCH_OK
 		               ? 0
 		               : fail(u, "out of memory", NULL);
 	}
@@ -682,7 +687,8 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 			refused += pkt->suback.codes[i] == 0x80;
 		if (refused > 0)
 			PERCH_WARN(LOG_MOD,
-			           "the parent refused cloud-to-device messages for %zu of %zu devices "
+			           "the parent refused cloud-to-device messages for %zu of %zu "
+			           "devices "
 			           "(a leaf device not registered there with \"parent\": \"%s\"?)",
 			           refused, pkt->suback.count, u->h->ids.device_id);
 		return 0;
