@@ -369,7 +369,8 @@ perch_err hub_metrics_render(hub *h, char **body, size_t *len)
 	} store_drops[] = {{"expired", ss.drop_expired},
 	                   {"store_full_refused", ss.drop_store_full},
 	                   {"disk_full_refused", ss.drop_disk_full},
-	                   {"queue_full_refused", ss.drop_queue_full}};
+	                   {"queue_full_refused", ss.drop_queue_full},
+	                   {"upstream_dropped_oldest", ss.drop_oldest}};
 	for (size_t i = 0; i < sizeof store_drops / sizeof store_drops[0]; i++)
 		bump(drops, &nd, sizeof drops / sizeof drops[0], store_drops[i].name,
 		     store_drops[i].n);

@@ -152,7 +152,7 @@ struct hub_queue {
 	} marks[4];
 	uint8_t nmarks;
 	uint64_t depth, bytes;
-	uint64_t pushed, acked, expired, refused;
+	uint64_t pushed, acked, expired, refused, dropped;
 	struct hub_queue *prev, *next;
 };
 
@@ -173,6 +173,7 @@ struct hub_store {
 	int64_t next_msg_id, next_queue_id;
 	int64_t msgs, bytes;    /* committed message rows and bytes */
 	uint64_t pending_bytes; /* bytes of message inserts recorded, not committed */
+	uint64_t pending_free;  /* bytes the drops recorded will free, not committed */
 	hub_queue *qhead, *qtail;
 	uint64_t nqueues;
 	hub_store_stats st;
@@ -219,6 +220,7 @@ static void batch_release(hub_store *s, struct batch *b)
 	}
 	b->nops = b->live = b->ndones = 0;
 	b->ins_bytes = 0;
+	b->free_bytes = 0;
 	b->next = NULL;
 	if (s->spare == NULL && b->cap <= 4096) {
 		s->spare = b;
@@ -283,6 +285,19 @@ static bool pending_here(const hub_store *s, const hub_msg *m)
 	return m->st.state == MS_PENDING && m->st.ins_gen == s->cur->gen;
 }
 
+/* used_bytes is what counts against max_bytes: committed and pending
+ * message bytes, less what recorded drops will free. */
+static uint64_t used_bytes(const hub_store *s)
+{
+	uint64_t used = (s->bytes > 0 ? (uint64_t)s->bytes : 0) + s->pending_bytes;
+	return used > s->pending_free ? used - s->pending_free : 0;
+}
+
+static bool over_limit(const hub_store *s, size_t size)
+{
+	return s->cfg.max_bytes != 0 && used_bytes(s) + size > s->cfg.max_bytes;
+}
+
 /* admit checks whether a new message row of size bytes may be added. */
 static perch_err admit(hub_store *s, size_t size)
 {
@@ -290,8 +305,7 @@ static perch_err admit(hub_store *s, size_t size)
 		s->st.drop_disk_full++;
 		return PERCH_ENOSPC;
 	}
-	if (s->cfg.max_bytes != 0 &&
-	    (uint64_t)s->bytes + s->pending_bytes + size > s->cfg.max_bytes) {
+	if (over_limit(s, size)) {
 		s->st.drop_store_full++;
 		return PERCH_ENOSPC;
 	}
@@ -598,6 +612,7 @@ void hub_queue_get_stats(const hub_queue *q, hub_queue_stats *out)
 	        .acked = q->acked,
 	        .expired = q->expired,
 	        .refused = q->refused,
+	        .dropped = q->dropped,
 	};
 }
 
@@ -667,8 +682,10 @@ perch_err hub_queue_push(hub_queue *q, hub_msg *m)
 	return PERCH_OK;
 }
 
-/* remove_at removes the window entry at offset i (an ack or a drop). */
-static perch_err remove_at(hub_queue *q, uint32_t i)
+/* remove_at removes the window entry at offset i (an ack or a drop). A
+ * drop credits the bytes its delete will free at once (see
+ * hub_queue_drop_oldest). */
+static perch_err remove_at(hub_queue *q, uint32_t i, bool drop)
 {
 	hub_store *s = q->s;
 	struct qent *e = at(q, i);
@@ -691,6 +708,10 @@ static perch_err remove_at(hub_queue *q, uint32_t i)
 		o->mid = m->id;
 		o->n = (int64_t)m->size;
 		o->indep = e->gen <= s->committed_gen;
+		if (drop && m->refs == 1 && !m->st.pinned) {
+			s->pending_free += m->size;
+			s->cur->free_bytes += m->size;
+		}
 	}
 	e->flags |= QE_ACKED;
 	e->msg = NULL;
@@ -726,7 +747,7 @@ perch_err hub_queue_next(hub_queue *q, int64_t now_ms, hub_qentry *out)
 		}
 		if (hub_msg_expired(e->msg, now_ms)) {
 			uint32_t c = q->cursor;
-			perch_err err = remove_at(q, c);
+			perch_err err = remove_at(q, c, false);
 			if (err != PERCH_OK)
 				return err;
 			q->expired++;
@@ -752,7 +773,7 @@ perch_err hub_queue_ack(hub_queue *q, uint64_t seq)
 	}
 	if (lo >= q->count || at(q, lo)->seq != seq || (at(q, lo)->flags & QE_ACKED))
 		return PERCH_ENOENT;
-	perch_err err = remove_at(q, lo);
+	perch_err err = remove_at(q, lo, false);
 	if (err == PERCH_OK)
 		q->acked++;
 	return err;
@@ -761,6 +782,55 @@ perch_err hub_queue_ack(hub_queue *q, uint64_t seq)
 void hub_queue_rewind(hub_queue *q)
 {
 	q->cursor = 0;
+}
+
+bool hub_store_fits(const hub_store *s, size_t size)
+{
+	return !s->st.disk_full && !over_limit(s, size);
+}
+
+perch_err hub_queue_drop_oldest(hub_queue *q, uint32_t max_n, size_t fit, uint32_t *n_out,
+                                uint64_t *bytes_out)
+{
+	hub_store *s = q->s;
+	uint32_t n = 0;
+	uint64_t bytes = 0;
+	perch_err err = PERCH_OK;
+	/* Entries before the cursor are handed out (in flight): never dropped.
+	 * The window is scanned from the cursor; holes are skipped. */
+	uint32_t i = q->cursor;
+	while (n < max_n && (fit == 0 || over_limit(s, fit))) {
+		if (i >= q->count) {
+			if (q->disk_count == 0)
+				break;
+			uint32_t before = q->count;
+			err = page_in(q);
+			if (err != PERCH_OK || q->count == before)
+				break; /* nothing committed to page in yet */
+			continue;
+		}
+		struct qent *e = at(q, i);
+		if (e->flags & QE_ACKED) {
+			i++;
+			continue;
+		}
+		size_t size = e->msg->size;
+		uint32_t count = q->count;
+		err = remove_at(q, i, true);
+		if (err != PERCH_OK)
+			break;
+		/* remove_at may have moved the head past leading holes: the
+		 * next entry's offset is i + 1 less what went (or 0). */
+		uint32_t went = count - q->count;
+		i = i + 1 > went ? i + 1 - went : 0;
+		n++;
+		bytes += size;
+		q->dropped++;
+		s->st.drop_oldest++;
+	}
+	*n_out = n;
+	*bytes_out = bytes;
+	return err;
 }
 
 /* ---- sessions, subscriptions, retained ------------------------------------ */
@@ -924,6 +994,7 @@ static void complete_ok(hub_store *s, struct batch *list)
 		list = b->next;
 		s->committed_gen = b->gen;
 		s->pending_bytes -= b->ins_bytes;
+		s->pending_free -= b->free_bytes;
 		run_dones(b, PERCH_OK);
 		batch_release(s, b);
 	}

@@ -101,6 +101,7 @@ typedef struct hub_store_stats {
 	uint64_t drop_store_full; /* pushes refused at max_bytes */
 	uint64_t drop_disk_full;  /* pushes refused while the disk is full */
 	uint64_t drop_queue_full; /* pushes refused at a queue's limits */
+	uint64_t drop_oldest;     /* entries dropped by hub_queue_drop_oldest */
 	uint64_t lat_hist[HUB_STORE_LAT_BUCKETS]; /* commit latency, not cumulative */
 	double lat_sum_ms;
 	uint64_t batch_hist[HUB_STORE_BATCH_BUCKETS]; /* rows per commit, not cumulative */
@@ -113,7 +114,7 @@ typedef struct hub_queue_stats {
 	uint64_t bytes;     /* their message bytes */
 	uint64_t in_memory; /* entries in the head window */
 	uint64_t next_seq;  /* the seq the next push gets */
-	uint64_t pushed, acked, expired, refused;
+	uint64_t pushed, acked, expired, refused, dropped;
 } hub_queue_stats;
 
 /* What hub_queue_next hands out. */
@@ -248,6 +249,27 @@ PERCH_MUST_USE perch_err hub_queue_ack(hub_queue *q, uint64_t seq);
 /* hub_queue_rewind makes the next hub_queue_next start again at the oldest
  * unacked entry (a reconnect: resend with DUP). Loop thread. */
 void hub_queue_rewind(hub_queue *q);
+
+/* hub_store_fits: would a new message of size bytes be admitted now (the
+ * disk is not full and it fits cfg.max_bytes)? Changes nothing. Loop thread. */
+bool hub_store_fits(const hub_store *s, size_t size);
+
+/*
+ * hub_queue_drop_oldest drops q's oldest entries that are not handed out
+ * (those hub_queue_next gave since the last rewind — in flight — are never
+ * dropped; an ack of a dropped seq gets PERCH_ENOENT), oldest first: at most
+ * max_n, and stopping as soon as a new message of fit bytes fits the store
+ * (fit 0: drop max_n). Entries on disk are paged in as needed (only
+ * committed ones). The bytes of a dropped message that no other holder has
+ * in memory count as free at once, before its delete is written; so a
+ * message that another queue holds only on disk must not be dropped this
+ * way if the limit is to be exact ($upstream's queues: each entry has its
+ * own message). *n_out and *bytes_out get what was dropped (counted in the
+ * queue's and store's stats). Returns PERCH_OK, PERCH_ENOMEM or a database
+ * error from paging in (with what was dropped so far). Loop thread.
+ */
+PERCH_MUST_USE perch_err hub_queue_drop_oldest(hub_queue *q, uint32_t max_n, size_t fit,
+                                               uint32_t *n_out, uint64_t *bytes_out);
 
 /* ---- sessions, subscriptions, retained ---------------------------------- */
 

@@ -59,9 +59,10 @@ struct batch {
 	uint64_t gen;   /* generation; durable iff <= committed_gen */
 	struct op *ops; /* nops used of cap */
 	uint32_t nops, cap;
-	uint32_t live;      /* ops not cancelled */
-	uint64_t ins_bytes; /* bytes of uncancelled OP_MSG_INS (pending in the limit) */
-	struct done *dones; /* ndones used of capdones, in request order */
+	uint32_t live;       /* ops not cancelled */
+	uint64_t ins_bytes;  /* bytes of uncancelled OP_MSG_INS (pending in the limit) */
+	uint64_t free_bytes; /* bytes its drops free (credited in the limit until written) */
+	struct done *dones;  /* ndones used of capdones, in request order */
 	uint32_t ndones, capdones;
 	struct batch *next; /* in a hand-over or retry list */
 };

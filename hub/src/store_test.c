@@ -461,6 +461,76 @@ static void test_store_limit(void **state)
 	hub_store_close(s);
 }
 
+/* hub_queue_drop_oldest: oldest first, never what is in flight, space is
+ * free at once (before the deletes are written), entries on disk are paged
+ * in, and the rows really go. */
+static void test_drop_oldest(void **state)
+{
+	(void)state;
+	wipe();
+	size_t one = 4 + 1000 + 7 + HUB_MSG_OVERHEAD; /* topic "t/NN" */
+	hub_store *s = open_store(&(hub_store_config){.max_bytes = 10 * one, .window_entries = 8});
+	hub_queue *q;
+	assert_int_equal(hub_store_queue(s, "u/5", 5, &q), PERCH_OK);
+	push_n(q, 10, 10, 1000); /* 10..17 in memory, 18, 19 on disk */
+	assert_int_equal(hub_store_sync(s), PERCH_OK);
+	/* Two are in flight: handed out, not acked. */
+	hub_qentry e1, e2;
+	assert_int_equal(hub_queue_next(q, 0, &e1), PERCH_OK);
+	assert_int_equal(hub_queue_next(q, 0, &e2), PERCH_OK);
+	assert_int_equal(msg_num(e1.msg), 10);
+	hub_msg *m = mkmsg(20, 1000, 0);
+	assert_false(hub_store_fits(s, m->size));
+	assert_int_equal(hub_queue_push(q, m), PERCH_ENOSPC);
+	/* Drop until one fits: exactly one, the oldest not in flight (12); it
+	 * fits before the delete is written. */
+	uint32_t n = 0;
+	uint64_t bytes = 0;
+	assert_int_equal(hub_queue_drop_oldest(q, 100, m->size, &n, &bytes), PERCH_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(bytes, one);
+	assert_true(hub_store_fits(s, m->size));
+	assert_int_equal(hub_queue_push(q, m), PERCH_OK);
+	assert_false(hub_store_fits(s, m->size));
+	hub_msg_unref(m);
+	assert_int_equal(hub_store_sync(s), PERCH_OK);
+	/* Three more by count (fit 0): 13, 14, 15. */
+	assert_int_equal(hub_queue_drop_oldest(q, 3, 0, &n, &bytes), PERCH_OK);
+	assert_int_equal(n, 3);
+	/* The in-flight ones are acked as usual; an ack of a dropped seq is
+	 * harmless. */
+	assert_int_equal(hub_queue_ack(q, e2.seq), PERCH_OK);
+	assert_int_equal(hub_queue_ack(q, e1.seq), PERCH_OK);
+	assert_int_equal(hub_queue_ack(q, e1.seq + 2), PERCH_ENOENT);
+	/* Three more: 16, 17, then 18 paged in from disk. */
+	assert_int_equal(hub_queue_drop_oldest(q, 3, 0, &n, &bytes), PERCH_OK);
+	assert_int_equal(n, 3);
+	hub_store_stats st;
+	hub_store_get_stats(s, &st);
+	assert_int_equal(st.drop_oldest, 7);
+	hub_queue_stats qs;
+	hub_queue_get_stats(q, &qs);
+	assert_int_equal(qs.dropped, 7);
+	assert_int_equal(qs.depth, 2);
+	/* What is left comes out in order: 19, 20. */
+	hub_qentry e;
+	for (int i = 19; i <= 20; i++) {
+		assert_int_equal(hub_queue_next(q, 0, &e), PERCH_OK);
+		assert_int_equal(msg_num(e.msg), i);
+	}
+	assert_int_equal(hub_queue_next(q, 0, &e), PERCH_ENOENT);
+	/* Both are in flight now: nothing to drop. */
+	assert_int_equal(hub_queue_drop_oldest(q, 10, 0, &n, &bytes), PERCH_OK);
+	assert_int_equal(n, 0);
+	assert_int_equal(hub_store_sync(s), PERCH_OK);
+	hub_store_get_stats(s, &st);
+	assert_int_equal(st.msgs, 2);
+	assert_int_equal(st.bytes, 2 * one);
+	hub_store_close(s);
+	assert_int_equal(count_rows("entry"), 2);
+	assert_int_equal(count_rows("msg"), 2);
+}
+
 static void test_disk_full(void **state)
 {
 	(void)state;
@@ -829,6 +899,7 @@ int main(void)
 	        cmocka_unit_test(test_elision),
 	        cmocka_unit_test(test_ttl),
 	        cmocka_unit_test(test_store_limit),
+	        cmocka_unit_test(test_drop_oldest),
 	        cmocka_unit_test(test_disk_full),
 	        cmocka_unit_test(test_corrupt_moved_aside),
 	        cmocka_unit_test(test_bounded_memory),
