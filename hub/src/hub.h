@@ -48,6 +48,7 @@ typedef struct hub_settings {
 	int64_t auth_skew_ms;          /* tolerated clock difference for tokens */
 	int64_t auth_lifetime_ms;      /* furthest token expiry accepted */
 	char *leaf_devices;            /* JSON file of leaf device identities, or NULL */
+	char *status_file;             /* the upstream link's status as JSON (status.c), or NULL */
 	char *upstream_url;            /* the parent: mqtts:// or wss:// URL, or NULL */
 	char *upstream_ca;             /* PEM CA that verifies the parent, or NULL: system CAs */
 	char *upstream_hostname;       /* IoT hub host name for the parent; NULL: the URL's host */

@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "perch/alloc.h"
 #include "perch/log.h"
+#include "status.h"
 
 #define LOG_MOD      "hub.listen"
 #define MAX_VHOSTS   34
@@ -459,6 +460,7 @@ void hub_listen_run(hub *h)
 			break;
 		hub_broker_tick(h);
 		hub_upstream_tick(h);
+		hub_status_tick(h);
 	}
 }
 

@@ -55,6 +55,9 @@ const perch_cfg_key hub_settings_table[] = {
          "clock difference tolerated when checking SAS token expiry"},
         {"hub.auth.max_token_lifetime", PERCH_CFG_DURATION, 60000, 31536000000, "1d",
          F(auth_lifetime_ms), NULL, "SAS tokens expiring further ahead are refused"},
+        {"hub.status_file", PERCH_CFG_STRING, 0, 1024, NULL, F(status_file), NULL,
+         "JSON file the hub keeps its upstream link's status in (rewritten on a change, at "
+         "most every 5 s); none by default"},
         {"hub.leaf_devices", PERCH_CFG_STRING, 0, 1024, NULL, F(leaf_devices), NULL,
          "JSON file of leaf devices: {\"id\": {\"primaryKey\": \"base64\"}} (mode 0600)"},
         {"hub.upstream.url", PERCH_CFG_STRING, 0, 600, NULL, F(upstream_url), NULL,
