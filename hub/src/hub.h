@@ -57,6 +57,7 @@ typedef struct hub_settings {
 	int64_t upstream_backoff_first_ms;  /* first retry after a loss */
 	int64_t upstream_backoff_max_ms;    /* cap of the exponential backoff */
 	int64_t upstream_token_lifetime_ms; /* SAS token lifetime; renewed at 80% */
+	int upstream_full_policy;           /* 0 refuse, 1 drop_oldest */
 	perch_device_settings device;
 } hub_settings;
 

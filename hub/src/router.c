@@ -36,7 +36,14 @@ typedef struct hub_router {
 	perch_route_table *table; /* NULL until a deployment brought one */
 	json_t *edgehub;          /* the $edgeHub section last looked at (a reference) */
 	perch_props props;        /* scratch: the bag of the message being routed */
+	/* hub.upstream.full_policy drop_oldest: drops not yet logged (one line
+	 * per second at most) and when the last line was written. */
+	uint64_t unlogged_drops, logged_drops;
+	int64_t drop_log_ms;
 } hub_router;
+
+/* Bounded work per message: entries dropped to make room for one. */
+#define MAX_DROPS_PER_MSG 1024
 
 static int64_t wall_ms(void)
 {
@@ -84,6 +91,56 @@ static uint8_t queue_prio(uint32_t priority)
 	return priority > PERCH_ROUTE_MAX_PRIORITY ? PERCH_ROUTE_MAX_PRIORITY : (uint8_t)priority;
 }
 
+/* log_drops writes one line for the drops since the last (at most one per
+ * second, unless force). */
+static void log_drops(hub *h, bool force)
+{
+	hub_router *r = h->router;
+	int64_t now = wall_ms();
+	if (r->unlogged_drops == 0 || (!force && now - r->drop_log_ms < 1000))
+		return;
+	r->logged_drops += r->unlogged_drops;
+	PERCH_WARN(LOG_MOD,
+	           "store full (hub.max_store_bytes %llu) while the upstream link is down or "
+	           "draining: dropped the %llu oldest queued $upstream messages of the lowest "
+	           "priorities (%llu in all; hub.upstream.full_policy drop_oldest)",
+	           (unsigned long long)h->cfg.max_store_bytes,
+	           (unsigned long long)r->unlogged_drops, (unsigned long long)r->logged_drops);
+	r->unlogged_drops = 0;
+	r->drop_log_ms = now;
+}
+
+/*
+ * make_room (hub.upstream.full_policy drop_oldest) drops the oldest queued
+ * $upstream messages of priority prio or lower (queues u/9 .. u/prio, the
+ * lowest priority first; never what is in flight on the link) until a
+ * message of size bytes fits the store. Returns whether it fits.
+ */
+static bool make_room(hub *h, uint8_t prio, size_t size)
+{
+	hub_store *s = store_of(h);
+	uint32_t left = MAX_DROPS_PER_MSG;
+	for (int p = PERCH_ROUTE_MAX_PRIORITY; p >= prio && left > 0; p--) {
+		if (hub_store_fits(s, size))
+			break;
+		char qname[8];
+		snprintf(qname, sizeof qname, "u/%d", p);
+		hub_queue *q = hub_store_queue_find(s, qname);
+		if (q == NULL)
+			continue;
+		uint32_t n = 0;
+		uint64_t bytes = 0;
+		perch_err err = hub_queue_drop_oldest(q, left, size, &n, &bytes);
+		if (err != PERCH_OK)
+			PERCH_WARN(LOG_MOD, "queue %s: cannot drop to make room: %s", qname,
+			           perch_strerror(err));
+		left -= n;
+		h->router->unlogged_drops += n;
+	}
+	log_drops(h, false);
+	return hub_store_fits(s, size);
+}
+
 static perch_err push_to(route_ctx *x, const char *qname, uint8_t prio, hub_msg *m, hub_queue **out)
 {
 	hub *h = x->h;
@@ -93,6 +150,10 @@ static perch_err push_to(route_ctx *x, const char *qname, uint8_t prio, hub_msg 
 		return err;
 	hub_queue_set_limits(q, (uint64_t)h->cfg.max_queued_messages, h->cfg.max_queued_bytes);
 	err = hub_queue_push(q, m);
+	if (err == PERCH_ENOSPC && qname[0] == 'u' && qname[1] == '/' &&
+	    h->cfg.upstream_full_policy == 1 && !hub_store_fits(store_of(h), m->size) &&
+	    make_room(h, prio, m->size))
+		err = hub_queue_push(q, m);
 	if (err == PERCH_OK) {
 		x->durable = true;
 		*out = q;
@@ -143,8 +204,21 @@ static bool on_hit(void *arg, const perch_route_hit *hit)
 	if (err != PERCH_OK) {
 		hub_metrics_dropped(h->metrics,
 		                    err == PERCH_ENOSPC ? "route_sink_full" : "route_error", 1);
-		PERCH_WARN(LOG_MOD, "route %s: queue %s did not take a message: %s", hit->name,
-		           qname, perch_strerror(err));
+		if (err == PERCH_ENOSPC && sink->kind != PERCH_ROUTE_SINK_MODULE &&
+		    !hub_store_fits(store_of(h), x->m->size))
+			PERCH_WARN(LOG_MOD,
+			           "route %s: store full (hub.max_store_bytes %llu) while the "
+			           "upstream "
+			           "link is down or draining: queue %s refused a message; the "
+			           "publisher is not acknowledged (hub.upstream.full_policy %s)",
+			           hit->name, (unsigned long long)h->cfg.max_store_bytes, qname,
+			           h->cfg.upstream_full_policy == 1
+			                   ? "drop_oldest: nothing of this priority or lower left "
+			                     "to drop"
+			                   : "refuse");
+		else
+			PERCH_WARN(LOG_MOD, "route %s: queue %s did not take a message: %s",
+			           hit->name, qname, perch_strerror(err));
 		if (x->result == PERCH_OK)
 			x->result = err;
 		return true;

@@ -8,6 +8,7 @@
 #include "hub.h"
 
 static const char *const sync_modes[] = {"full", "normal", "off", NULL};
+static const char *const full_policies[] = {"refuse", "drop_oldest", NULL};
 
 #define F(x) offsetof(hub_settings, x)
 const perch_cfg_key hub_settings_table[] = {
@@ -80,6 +81,11 @@ const perch_cfg_key hub_settings_table[] = {
         {"hub.upstream.token_lifetime", PERCH_CFG_DURATION, 10000, 86400000, "1h",
          F(upstream_token_lifetime_ms), NULL,
          "lifetime of the link's SAS token; the link reconnects with a new one at 80%"},
+        {"hub.upstream.full_policy", PERCH_CFG_ENUM, 0, 0, "refuse", F(upstream_full_policy),
+         full_policies,
+         "store full (hub.max_store_bytes) and a message for $upstream does not fit: refuse it "
+         "(no PUBACK) or drop_oldest (drop queued $upstream messages of its priority or lower, "
+         "oldest first)"},
         PERCH_DEVICE_CFG_ROWS(hub_settings, device),
 };
 const size_t hub_settings_count = sizeof hub_settings_table / sizeof hub_settings_table[0];
