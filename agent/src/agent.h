@@ -160,6 +160,7 @@ typedef struct agent_hubproc {
 	int last_status;  /* wait status of the last death */
 	int64_t cert_ns;  /* hub.pem's mtime when given to the hub; -1: not the agent's */
 	bool cycling;     /* stopped on purpose (new certificate): start again at once */
+	char status_path[AGENT_PATH_MAX + 32]; /* the hub's status file (report.c); "": none */
 } agent_hubproc;
 
 /* A graceful stop in flight (POST /containers/ID/stop, asynchronous): the
@@ -263,9 +264,21 @@ json_t *agent_report_module(const agent_mod *m);
  * and (key "twin") the state of the $edgeAgent twin link. */
 json_t *agent_report(const agent *a);
 /* agent_report_twin returns a new reference: the reported properties as
- * published in the $edgeAgent twin (agent_report without "twin"); ud is
- * the agent (an agent_hublink_report_fn). */
+ * published in the $edgeAgent twin (agent_report without "twin", and of
+ * systemModules.edgeHub.upstream only the slow-changing configured, state,
+ * since and reconnects); ud is the agent (an agent_hublink_report_fn). */
 json_t *agent_report_twin(void *ud);
+/*
+ * agent_hub_upstream returns a new reference: the "upstream" object of the
+ * report, read from the hub's status file path (hub.status_file; at most
+ * AGENT_HUB_STATUS_MAX bytes) as of now_ms (Unix ms): the file's upstream
+ * object with offlineSeconds and the oldest-message ages brought up to
+ * now_ms (the hub rewrites the file only when something changes). A
+ * missing, empty, partial, oversized or malformed file, or an empty path,
+ * gives {"state": "unknown"}. NULL only when out of memory. Any thread.
+ */
+#define AGENT_HUB_STATUS_MAX 16384
+json_t *agent_hub_upstream(const char *path, int64_t now_ms);
 /* agent_report_table prints the human table of a report (borrowed). */
 void agent_report_table(const json_t *report, FILE *out);
 

@@ -61,61 +61,87 @@ void agent_hub_init(agent *a, const char *argv0)
 	h->path = perch_strdup(path);
 }
 
-/* The hub's TLS keys, read from the configuration file's hub: section only
- * to learn whether the user set them (the hub checks its section itself). */
-typedef struct user_tls_keys {
+/* The hub's keys the agent must know whether the user set: read from the
+ * configuration file's hub: section only for that (the hub checks its
+ * section itself). */
+typedef struct user_hub_keys {
 	char *cert;
 	char *key;
-} user_tls_keys;
+	char *status_file;
+} user_hub_keys;
 
-static const perch_cfg_key user_tls_table[] = {
-        {"hub.tls.cert", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_tls_keys, cert), NULL,
+static const perch_cfg_key user_hub_table[] = {
+        {"hub.tls.cert", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_hub_keys, cert), NULL,
          "PEM certificate of the hub"},
-        {"hub.tls.key", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_tls_keys, key), NULL,
+        {"hub.tls.key", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_hub_keys, key), NULL,
          "PEM private key of the hub"},
+        {"hub.status_file", PERCH_CFG_STRING, 0, 1024, NULL, offsetof(user_hub_keys, status_file),
+         NULL, "the hub's status file"},
 };
+
+/* arg_set_value: when hub argument i (of args) is a --set of a key, the
+ * "key=value" text; else NULL. */
+static const char *arg_set_value(const perch_strlist *args, size_t i)
+{
+	const char *s = args->items[i];
+	if (strncmp(s, "--set=", 6) == 0)
+		return s + 6;
+	if (strcmp(s, "--set") == 0 && i + 1 < args->n)
+		return args->items[i + 1];
+	return NULL;
+}
 
 /* arg_names_tls: is hub argument i (of args) one that sets the hub's TLS
  * certificate or key? */
 static bool arg_names_tls(const perch_strlist *args, size_t i)
 {
 	const char *s = args->items[i];
+	if (s == NULL)
+		return false;
 	if (strncmp(s, "--tls-cert", 10) == 0 || strncmp(s, "--tls-key", 9) == 0)
 		return true;
-	const char *v = NULL;
-	if (strncmp(s, "--set=", 6) == 0)
-		v = s + 6;
-	else if (strcmp(s, "--set") == 0 && i + 1 < args->n)
-		v = args->items[i + 1];
+	const char *v = arg_set_value(args, i);
 	return v != NULL &&
 	       (strncmp(v, "hub.tls.cert=", 13) == 0 || strncmp(v, "hub.tls.key=", 12) == 0);
 }
 
-/* user_sets_tls: did the user choose the hub's certificate or key, in
- * agent.hub.args or in the configuration file's hub: section? */
-static bool user_sets_tls(const agent *a)
+/*
+ * user_hub_settings: did the user choose the hub's certificate or key (in
+ * agent.hub.args or in the configuration file's hub: section)? And the
+ * status file the user chose, if any, into status (cap bytes; "" when
+ * none; agent.hub.args win over the file, as they do for the hub).
+ */
+static bool user_hub_settings(const agent *a, char *status, size_t cap)
 {
-	for (size_t i = 0; i < a->cfg.hub_args.n; i++)
+	bool tls = false;
+	status[0] = '\0';
+	for (size_t i = 0; i < a->cfg.hub_args.n; i++) {
 		if (arg_names_tls(&a->cfg.hub_args, i))
-			return true;
+			tls = true;
+		const char *v = arg_set_value(&a->cfg.hub_args, i);
+		if (v != NULL && strncmp(v, "hub.status_file=", 16) == 0)
+			snprintf(status, cap, "%s", v + 16);
+	}
 	if (a->config_path == NULL)
-		return false;
+		return tls;
 	static const char *const others[] = {"agent", "device", "cloud", "upstream", NULL};
-	user_tls_keys k = {0};
+	user_hub_keys k = {0};
 	perch_cfg_errors errs = {0};
-	bool set = false;
-	size_t n = sizeof user_tls_table / sizeof user_tls_table[0];
+	size_t n = sizeof user_hub_table / sizeof user_hub_table[0];
 	/* The hub's other keys are "unknown" to this table: those errors are
-	 * the hub's to report, and the two keys are set all the same. */
-	if (perch_cfg_defaults(user_tls_table, n, &k) == PERCH_OK) {
+	 * the hub's to report, and the keys read are set all the same. */
+	if (perch_cfg_defaults(user_hub_table, n, &k) == PERCH_OK) {
 		perch_err err =
-		        perch_cfg_load_file(user_tls_table, n, others, a->config_path, &k, &errs);
+		        perch_cfg_load_file(user_hub_table, n, others, a->config_path, &k, &errs);
 		(void)err;
-		set = (k.cert != NULL && k.cert[0] != '\0') || (k.key != NULL && k.key[0] != '\0');
+		if ((k.cert != NULL && k.cert[0] != '\0') || (k.key != NULL && k.key[0] != '\0'))
+			tls = true;
+		if (status[0] == '\0' && k.status_file != NULL)
+			snprintf(status, cap, "%s", k.status_file);
 	}
 	perch_cfg_errors_free(&errs);
-	perch_cfg_free(user_tls_table, n, &k);
-	return set;
+	perch_cfg_free(user_hub_table, n, &k);
+	return tls;
 }
 
 /* cert_mtime_ns: modification time of the agent's hub.pem; 0 when absent. */
@@ -133,11 +159,12 @@ static void hub_spawn(agent *a)
 {
 	agent_hubproc *h = &a->hub;
 	size_t n = a->cfg.hub_args.n;
-	char **argv = perch_calloc(n + 10, sizeof *argv);
+	char **argv = perch_calloc(n + 12, sizeof *argv);
 	if (argv == NULL)
 		return;
 	size_t k = 0;
 	char set_id[300], set_cert[AGENT_PATH_MAX + 32], set_key[AGENT_PATH_MAX + 32];
+	char set_status[AGENT_PATH_MAX + 64];
 	argv[k++] = h->path;
 	if (a->config_path != NULL) {
 		argv[k++] = (char *)"--config";
@@ -152,7 +179,17 @@ static void hub_spawn(agent *a)
 	/* The agent's server certificate, unless the user chose one; given
 	 * before agent.hub.args, which thus still win. */
 	h->cert_ns = -1;
-	if (!user_sets_tls(a)) {
+	bool user_tls = user_hub_settings(a, h->status_path, sizeof h->status_path);
+	/* The hub's status file (its upstream link, for the report), in the
+	 * agent's data directory unless the user chose one. */
+	if (h->status_path[0] == '\0') {
+		snprintf(h->status_path, sizeof h->status_path, "%s/hub-status.json",
+		         a->cfg.data_dir);
+		snprintf(set_status, sizeof set_status, "hub.status_file=%s", h->status_path);
+		argv[k++] = (char *)"--set";
+		argv[k++] = set_status;
+	}
+	if (!user_tls) {
 		h->cert_ns = cert_mtime_ns(a);
 		snprintf(set_cert, sizeof set_cert, "hub.tls.cert=%s/hub.pem",
 		         a->cfg.device.certs_dir);

@@ -8,13 +8,22 @@
  * Also the table `perch-agent status` prints, and the time helpers. The
  * same report, without its "twin" member (the link's own state), is what
  * hublink.c publishes as the $edgeAgent twin's reported properties.
+ *
+ * systemModules.edgeHub.upstream is the hub's upstream link as perch-hub
+ * writes it into its status file (hub.status_file, hub/src/status.c); the
+ * twin gets only its slow-changing fields, so that queue counters do not
+ * cause a twin patch a second.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "hublink.h"
+#include "perch/alloc.h"
 
 int64_t agent_now_ms(void)
 {
@@ -114,6 +123,95 @@ json_t *agent_report_module(const agent_mod *m)
 	return o;
 }
 
+static json_t *upstream_unknown(void)
+{
+	return json_pack("{s:s}", "state", "unknown");
+}
+
+/* read_small reads all of path into buf (cap bytes, NUL-terminated); false
+ * when it cannot be read or does not fit. */
+static bool read_small(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	size_t used = 0;
+	bool ok = true;
+	for (;;) {
+		if (used == cap - 1) {
+			ok = false; /* too big for a status file */
+			break;
+		}
+		ssize_t r = read(fd, buf + used, cap - 1 - used);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			ok = false;
+			break;
+		}
+		if (r == 0)
+			break;
+		used += (size_t)r;
+	}
+	close(fd);
+	buf[used] = '\0';
+	return ok;
+}
+
+/* age_forward adds late seconds to o's key when it is a positive number. */
+static void age_forward(json_t *o, const char *key, double late)
+{
+	json_t *v = json_object_get(o, key);
+	if (json_is_number(v) && json_number_value(v) > 0)
+		json_object_set_new(o, key, json_real(json_number_value(v) + late));
+}
+
+json_t *agent_hub_upstream(const char *path, int64_t now_ms)
+{
+	if (path == NULL || path[0] == '\0')
+		return upstream_unknown();
+	char *buf = perch_malloc(AGENT_HUB_STATUS_MAX);
+	if (buf == NULL)
+		return NULL;
+	json_t *doc = NULL;
+	if (read_small(path, buf, AGENT_HUB_STATUS_MAX))
+		doc = json_loads(buf, JSON_REJECT_DUPLICATES, NULL);
+	perch_free(buf);
+	json_t *up = json_object_get(doc, "upstream");
+	int64_t written = agent_parse_rfc3339(json_string_value(json_object_get(doc, "time")));
+	if (!json_is_object(up) || !json_is_boolean(json_object_get(up, "configured")) ||
+	    written <= 0) {
+		json_decref(doc);
+		return upstream_unknown();
+	}
+	json_incref(up);
+	json_decref(doc);
+	if (json_is_false(json_object_get(up, "configured"))) {
+		json_decref(up);
+		return json_pack("{s:b, s:s}", "configured", 0, "state", "not configured");
+	}
+	const char *state = json_string_value(json_object_get(up, "state"));
+	if (state == NULL) {
+		json_decref(up);
+		return upstream_unknown();
+	}
+	/* The hub writes only when something changes: bring the ages to now. */
+	double late = now_ms > written ? (double)(now_ms - written) / 1000.0 : 0.0;
+	int64_t since = agent_parse_rfc3339(json_string_value(json_object_get(up, "since")));
+	if (strcmp(state, "up") != 0 && since > 0 && now_ms > since)
+		json_object_set_new(up, "offlineSeconds",
+		                    json_real((double)(now_ms - since) / 1000.0));
+	age_forward(json_object_get(up, "queued"), "oldestAgeSeconds", late);
+	const char *prio;
+	json_t *q;
+	json_object_foreach(json_object_get(up, "queues"), prio, q)
+	{
+		age_forward(q, "oldestAgeSeconds", late);
+	}
+	json_object_set_new(up, "statusTimeUtc", time_json(written));
+	return up;
+}
+
 static json_t *hub_report(const agent *a)
 {
 	json_t *o = json_object();
@@ -130,6 +228,10 @@ static json_t *hub_report(const agent *a)
 	json_object_set_new(o, "statusDescription", json_string(desc));
 	json_object_set_new(o, "lastStartTimeUtc", time_json(a->hub.start_ms));
 	json_object_set_new(o, "restartCount", json_integer(a->hub.deaths));
+	/* A hub that is not running says nothing now: its file is old news. */
+	json_object_set_new(o, "upstream",
+	                    a->hub.pid > 0 ? agent_hub_upstream(a->hub.status_path, agent_now_ms())
+	                                   : upstream_unknown());
 	return o;
 }
 
@@ -162,8 +264,22 @@ json_t *agent_report(const agent *a)
 json_t *agent_report_twin(void *ud)
 {
 	json_t *r = agent_report(ud);
-	if (r != NULL)
-		json_object_del(r, "twin");
+	if (r == NULL)
+		return NULL;
+	json_object_del(r, "twin");
+	/* Of the upstream link only what changes seldom: a counter that moves
+	 * with every message would make a twin patch a second. */
+	json_t *up = json_object_get(
+	        json_object_get(json_object_get(r, "systemModules"), "edgeHub"), "upstream");
+	const char *key;
+	json_t *v;
+	void *tmp;
+	json_object_foreach_safe(up, tmp, key, v)
+	{
+		if (strcmp(key, "configured") != 0 && strcmp(key, "state") != 0 &&
+		    strcmp(key, "since") != 0 && strcmp(key, "reconnects") != 0)
+			json_object_del(up, key);
+	}
 	return r;
 }
 
@@ -171,6 +287,53 @@ static const char *str_of(const json_t *o, const char *key)
 {
 	const char *s = json_string_value(json_object_get(o, key));
 	return s != NULL ? s : "";
+}
+
+/* duration writes s seconds as "45s", "5m", "2h3m" or "3d4h". */
+static void duration(double s, char *buf, size_t cap)
+{
+	long long n = s > 0 ? (long long)s : 0;
+	if (n < 60)
+		snprintf(buf, cap, "%llds", n);
+	else if (n < 3600)
+		snprintf(buf, cap, "%lldm", n / 60);
+	else if (n < 86400)
+		snprintf(buf, cap, "%lldh%lldm", n / 3600, n % 3600 / 60);
+	else
+		snprintf(buf, cap, "%lldd%lldh", n / 86400, n % 86400 / 3600);
+}
+
+/* upstream_line prints the report's upstream object (borrowed) as one line;
+ * nothing when the report has none. */
+static void upstream_line(const json_t *up, FILE *out)
+{
+	if (up == NULL)
+		return;
+	const char *state = str_of(up, "state");
+	if (json_is_false(json_object_get(up, "configured"))) {
+		fprintf(out, "upstream:   not configured\n");
+		return;
+	}
+	if (strcmp(state, "up") != 0 && strcmp(state, "down") != 0) {
+		fprintf(out, "upstream:   unknown (no status from the hub)\n");
+		return;
+	}
+	const json_t *q = json_object_get(up, "queued");
+	long long n = (long long)json_integer_value(json_object_get(q, "messages"));
+	char offline[48] = "", oldest[48] = "";
+	if (strcmp(state, "down") == 0) {
+		char d[24];
+		duration(json_number_value(json_object_get(up, "offlineSeconds")), d, sizeof d);
+		snprintf(offline, sizeof offline, " (offline %s)", d);
+	}
+	if (n > 0) {
+		char d[24];
+		duration(json_number_value(json_object_get(q, "oldestAgeSeconds")), d, sizeof d);
+		snprintf(oldest, sizeof oldest, " (oldest %s)", d);
+	}
+	const char *since = str_of(up, "since");
+	fprintf(out, "upstream:   %s%s%s%s, %lld queued%s\n", state, since[0] ? " since " : "",
+	        since, offline, n, oldest);
 }
 
 void agent_report_table(const json_t *report, FILE *out)
@@ -183,6 +346,7 @@ void agent_report_table(const json_t *report, FILE *out)
 	const json_t *hub = json_object_get(json_object_get(report, "systemModules"), "edgeHub");
 	fprintf(out, "hub:        %s (%s)\n", str_of(hub, "runtimeStatus"),
 	        str_of(hub, "statusDescription"));
+	upstream_line(json_object_get(hub, "upstream"), out);
 	const json_t *twin = json_object_get(report, "twin");
 	if (twin != NULL) {
 		const char *err = str_of(twin, "lastError");
