@@ -785,6 +785,17 @@ static void bind_inputs(hub_broker *b, hub_session *s, const hub_identity *id)
 		hub_queue *q = hub_store_queue_find(b->store, name);
 		if (q != NULL)
 			attach_input(s, q);
+		/* A child edge hub takes its leaf devices' C2D messages too. */
+		const perch_map *parents = &b->h->ids.parents;
+		size_t pos = 0;
+		const perch_map_slot *slot;
+		while (hub_identity_is_edge(id) && (slot = perch_map_next(parents, &pos)) != NULL) {
+			if (strcmp(slot->value, id->device) != 0)
+				continue;
+			snprintf(name, sizeof name, "c/%s", slot->key);
+			if ((q = hub_store_queue_find(b->store, name)) != NULL)
+				attach_input(s, q);
+		}
 		return;
 	}
 	if (id->kind != HUB_IDENT_MODULE)
@@ -803,7 +814,9 @@ static void bind_inputs(hub_broker *b, hub_session *s, const hub_identity *id)
 void hub_broker_c2d_added(hub *h, const char *device, hub_queue *q)
 {
 	hub_broker *b = h->broker;
-	hub_session *s = perch_map_get(&b->sessions, perch_slice_cstr(device));
+	/* A leaf device under a child edge hub gets it through the child's link. */
+	const char *via = perch_map_get(&h->ids.parents, perch_slice_cstr(device));
+	hub_session *s = perch_map_get(&b->sessions, perch_slice_cstr(via != NULL ? via : device));
 	if (s == NULL || !s->identity)
 		return; /* it waits in its queue for the device's session */
 	attach_input(s, q);

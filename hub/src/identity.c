@@ -357,6 +357,21 @@ bool hub_authz_subscribe(const hub_identity *id, perch_slice filter)
 		snprintf(own, sizeof own, "devices/%s/modules/%s/", id->device, id->module);
 	else
 		snprintf(own, sizeof own, "devices/%s/messages/devicebound/", id->device);
+	if (under(filter, own))
+		return true;
+	/* A child edge hub also takes the C2D messages of its leaf devices. */
+	if (!hub_identity_is_edge(id) || !under(filter, "devices/"))
+		return false;
+	const char *dev = filter.ptr + 8, *end = memchr(dev, '/', filter.len - 8);
+	if (end == NULL)
+		return false;
+	char leaf[PERCH_DEVICE_ID_MAX + 1];
+	if (!copy_id(dev, (size_t)(end - dev), leaf))
+		return false;
+	const char *parent = perch_map_get(&id->reg->parents, perch_slice_cstr(leaf));
+	if (parent == NULL || strcmp(parent, id->device) != 0)
+		return false;
+	snprintf(own, sizeof own, "devices/%s/messages/devicebound/", leaf);
 	return under(filter, own);
 }
 

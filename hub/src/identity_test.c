@@ -359,6 +359,17 @@ static void test_child_edge_hub(void **state)
 	assert_false(PUB(plain, "devices/under/messages/events/"));
 	assert_false(PUB(plain, "devices/plain/modules/m/messages/events/"));
 #undef PUB
+#define SUB(id, f) hub_authz_subscribe(&(id), perch_slice_cstr(f))
+	/* C2D: its own, and its leaf devices' (not another's, no wildcards) */
+	assert_true(SUB(child, "devices/child/messages/devicebound/#"));
+	assert_true(SUB(child, "devices/under/messages/devicebound/#"));
+	assert_false(SUB(child, "devices/plain/messages/devicebound/#"));
+	assert_false(SUB(child, "devices/+/messages/devicebound/#"));
+	assert_false(SUB(child, "devices/under/messages/events/#"));
+	assert_false(SUB(child, "devices/"));
+	assert_false(SUB(child, "devices/under"));
+	assert_false(SUB(plain, "devices/under/messages/devicebound/#"));
+#undef SUB
 	/* the origin comes from the topic */
 	hub_identity o;
 	assert_true(hub_identity_origin(

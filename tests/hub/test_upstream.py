@@ -498,3 +498,65 @@ def test_leaf_device_of_the_child_reaches_the_parent(make_broker, workdir):
     check_all(got, set(range(20)), "leaf -> child -> parent")
     assert all("%24.cdid=leafA" in p.topic and "cmid" not in p.topic for p in pkts), pkts[0].topic
     assert h.metric_sum(pair.parent.metrics(), "perch_hub_denied_total") in (None, 0)
+
+
+def test_c2d_from_the_parent_reaches_the_child_and_its_leaf_device(make_broker, workdir):
+    """Cloud-to-device messages sent at the parent (its REST endpoint, as the
+    parent device) for the child hub's leaf device and for the child device
+    itself come down the link into the child's C2D queues and reach them
+    there, in order; sent while the link is down, they wait at the parent.
+    A leaf device the parent does not have under the child is refused at the
+    SUBSCRIBE (logged), never delivered to the child."""
+    from test_c2d import bag, send_c2d
+    leafkey = "bGVhZi1rZXktbGVhZi1rZXktbGVhZi1rZXktMTIzNA=="
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", "ws"),
+                child_leaves={"leafA": {"primaryKey": leafkey},
+                              "leafB": {"primaryKey": leafkey}},
+                leaves={DEV: {"primaryKey": DEVKEY, "edge": True},
+                        "leafA": {"primaryKey": leafkey, "parent": DEV},
+                        "leafB": {"primaryKey": leafkey}})
+    pair.wait_up()
+    assert pair.child.wait_log(r"refused cloud-to-device messages for 1 of 3 devices", timeout=5)
+    parent_tok = sas(f"{PARENT_HOST}/devices/{PARENT}", PARENT_KEY)
+
+    def send(device, body, **headers):
+        status, hdrs, resp = send_c2d(pair.parent, device, body, token=parent_tok,
+                                      headers=headers)
+        assert status == 204, (device, status, resp)
+        return hdrs["iothub-messageid"]
+
+    def receiver(name, key):
+        c = h.Raw(pair.child.ports["mqtt"])
+        ack = c.connect(name, clean=True, user=f"{HOSTNAME}/{name}/?api-version=2018-06-30",
+                        password=sas(f"{HOSTNAME}/devices/{name}", key))
+        assert ack.rc == 0, pair.child.log_tail(10)
+        assert c.subscribe([(f"devices/{name}/messages/devicebound/#", 1)]) == [1]
+        return c
+
+    leaf = receiver("leafA", leafkey)
+    mid = send("leafA", b"one", **{"x-perch-properties": "color=red"})
+    send("leafA", b"two")
+    got = leaf.messages(2, timeout=10)
+    assert [m.payload for m in got] == [b"one", b"two"], got
+    prefix, props = bag(got[0].topic)
+    assert prefix == "devices/leafA/messages/devicebound", prefix
+    assert props["$.mid"] == mid and props["color"] == "red", props
+    dev = receiver(DEV, DEVKEY)
+    send(DEV, b"for the child itself")
+    assert [m.payload for m in dev.messages(1, timeout=10)] == [b"for the child itself"]
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_c2d_messages_total",
+                        result="queued") == 3
+    # with the link down, they wait at the parent, then come down in order
+    pair.child.stop()
+    send("leafA", b"three")
+    send("leafA", b"four")
+    pair.child.start()
+    pair.wait_up()
+    leaf = receiver("leafA", leafkey)
+    assert [m.payload for m in leaf.messages(2, timeout=15)] == [b"three", b"four"]
+    # leafB is the parent's own leaf device, not the child's: it stays at the parent
+    send("leafB", b"not for the child")
+    assert receiver("leafB", leafkey).quiet(1.0) == []
+    # at least once: a message whose PUBACK the link lost comes again
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_c2d_messages_total",
+                        result="queued") >= 2
