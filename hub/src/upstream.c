@@ -607,7 +607,7 @@ static void c2d_done(void *arg, unsigned status, const char *body, size_t len, c
  * or one of its leaf devices; anything else is acknowledged and dropped. */
 static int on_publish(hub_upstream *u, const perch_mqtt_publish *p)
 {
-	perch_iothub_topic t;
+	perch_iothub_topic t = {0};
 	perch_props props;
 	up_c2d *x = NULL;
 	const char *why = NULL;
