@@ -186,6 +186,8 @@ static void hub_spawn(agent *a)
 		snprintf(h->status_path, sizeof h->status_path, "%s/hub-status.json",
 		         a->cfg.data_dir);
 		snprintf(set_status, sizeof set_status, "hub.status_file=%s", h->status_path);
+		/* The last hub's word is old news: "unknown" until this one writes. */
+		(void)unlink(h->status_path);
 		argv[k++] = (char *)"--set";
 		argv[k++] = set_status;
 	}
