@@ -11,7 +11,9 @@ priorities (routes into $upstream at priorities 0 and 5) beyond the limit.
                messages are dropped, counted exactly (acknowledged - delivered
                = perch_hub_dropped_total{reason="upstream_dropped_oldest"}),
                every high-priority one arrives, nothing else is lost after the
-               link returns, and the store passes PRAGMA integrity_check."""
+               link returns, and the store passes PRAGMA integrity_check;
+               with the link up but stalled, messages in flight are never
+               dropped and the link's window accounting survives."""
 import json
 import os
 import sqlite3
@@ -200,3 +202,51 @@ def test_drop_oldest_never_drops_higher_priority(make_broker, workdir):
     dropped = h.metric_sum(m, "perch_hub_dropped_total", reason="upstream_dropped_oldest")
     assert dropped + h.metric_sum(m, "perch_hub_upstream_queue_messages") == 200
     assert pair.child.alive()
+
+
+def test_drop_oldest_while_draining_spares_in_flight(make_broker, workdir):
+    """The link is up but stalled (faultproxy): the 10 messages the child
+    handed out (hub.upstream.window 10) wait for PUBACKs while the producer
+    fills the store. Drops take the oldest of the others, never one in
+    flight, so the window's accounting holds: when the stall ends everything
+    in flight is acknowledged, the queues drain, and acknowledged - delivered
+    is exactly the drop count."""
+    pair = Pair(make_broker, workdir, child_routes=ROUTES, proxy=True,
+                child_args=["--set", f"hub.max_store_bytes={LIMIT}",
+                            "--set", "hub.upstream.full_policy=drop_oldest",
+                            "--set", "hub.upstream.window=10"])
+    fp = pair.proxy
+    try:
+        pair.wait_up()
+        cons = pair.consumer()
+        fp.cmd("stall")
+        prod = pair.producer()
+        acked = []
+        for n in range(150):
+            assert publish(prod, n, "low"), f"{n} refused\n" + pair.child.log_tail(10)
+            acked.append(n)
+        m = pair.child.metrics()
+        dropped = h.metric_sum(m, "perch_hub_dropped_total", reason="upstream_dropped_oldest")
+        inflight = h.metric_sum(m, "perch_hub_upstream_inflight")
+        print(f"\n[draining] {len(acked)} of 150 acknowledged, {dropped:.0f} dropped, "
+              f"{inflight:.0f} in flight at the stall")
+        assert pair.child.alive()
+        assert inflight == 10 and dropped > 0
+        fp.cmd("pass")
+        got, _ = collect(cons, set(acked[-5:]), timeout=60)
+        drained(pair)
+        got += [json.loads(p.payload)["n"] for p in cons.quiet(0.5)]
+        h.wait_until(lambda: h.metric_sum(pair.child.metrics(),
+                                          "perch_hub_upstream_inflight") == 0, 10,
+                     what="nothing in flight")
+        assert set(got) <= set(acked), sorted(set(got) - set(acked))
+        dropped = h.metric_sum(pair.child.metrics(), "perch_hub_dropped_total",
+                               reason="upstream_dropped_oldest")
+        assert len(acked) - len(set(got)) == dropped, (len(acked), len(set(got)), dropped)
+        # The dropped ones are the oldest that were not in flight: what arrived
+        # is the 10 in flight and the newest.
+        assert set(got) == set(acked[:10]) | set(acked[10 + int(dropped):]), sorted(set(got))
+    finally:
+        fp.stop()
+    pair.child.stop()
+    integrity(pair.child)
