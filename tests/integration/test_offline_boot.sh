@@ -17,7 +17,8 @@
 #   - `perch-agent status --json`: systemModules.edgeHub.upstream says down,
 #     with the queued count growing as A publishes; `perch-agent status`
 #     prints the "upstream:   down since ..." line
-#   - the $edgeAgent twin in twins.db carries only the slow upstream fields
+#   - the $edgeAgent twin in twins.db carries only the slow upstream fields,
+#     and is not patched while the queue grows
 # Then a parent perch-hub comes up on that port (the device registered there
 # as an edge device): the link comes up, the queue drains, status says up.
 # Removes only what it created (label perch.instance=offline-$$, its image,
@@ -295,6 +296,19 @@ twin_up() {
 wait_for 20 "the \$edgeAgent twin has upstream {configured, state: down, since, reconnects}" twin_up down
 ok "\$edgeAgent twin: upstream with configured, state, since, reconnects only"
 
+# Queue counters move, the twin does not: 4 more events, seen in status --json,
+# then longer than the hub's 5 s between writes plus the agent's 1 s between
+# patches (a negative check needs a wait; it cannot pass by being slow).
+twin_version() { sqlite3 -readonly "$tmp/hub/twins.db" "SELECT reported_version FROM twin WHERE name = '$dev/\$edgeAgent'"; }
+v1=$(twin_version)
+q1=$(up_field queued.messages)
+as_a pub:4 >"$tmp/a3.out" 2>&1 || fail "module A: $(cat "$tmp/a3.out")"
+grown4() { [ "$(up_field queued.messages)" -ge $((q1 + 4)) ]; }
+wait_for 15 "queued count grows by 4 (from $q1)" grown4
+sleep 7
+[ "$(twin_version)" = "$v1" ] || fail "the \$edgeAgent twin was patched for queue counters (version $v1 -> $(twin_version))"
+ok "\$edgeAgent twin not patched while the queue grew ($q1 -> $(up_field queued.messages), reported version $v1)"
+
 # --- the parent comes back --------------------------------------------------------------------
 mkdir -p "$tmp/parent"
 head -c 32 /dev/urandom | base64 >"$tmp/parent/device.key"
@@ -310,7 +324,7 @@ chmod 600 "$tmp/parent/leaves.json"
 parent_pid=$!
 link_up() { [ "$(up_field state)" = up ]; }
 wait_for 30 "the link comes up once the parent answers" link_up
-drained() { [ "$(up_field queued.messages)" = 0 ] && [ "$(up_field forwarded)" -ge $((q0 + 3)) ]; }
+drained() { [ "$(up_field queued.messages)" = 0 ] && [ "$(up_field forwarded)" -ge $((q0 + 7)) ]; }
 wait_for 30 "the queue drains to the parent" drained
 timeout 15 "$agent_bin" status --config "$tmp/config.yaml" --data-dir "$tmp/agent" >"$tmp/table"
 grep -Eq '^upstream: +up since [0-9T:.-]+Z, 0 queued$' "$tmp/table" ||
