@@ -709,6 +709,7 @@ static perch_err remove_at(hub_queue *q, uint32_t i, bool drop)
 		o->n = (int64_t)m->size;
 		o->indep = e->gen <= s->committed_gen;
 		if (drop && m->refs == 1 && !m->st.pinned) {
+			o->credited = true;
 			s->pending_free += m->size;
 			s->cur->free_bytes += m->size;
 		}
@@ -1080,6 +1081,17 @@ static void take_result(hub_store *s, struct batch *list, const struct wresult *
 	}
 	s->st.disk_full = s->st.disk_full || r->err == PERCH_ENOSPC;
 	s->last_err = r->err;
+	/* Drops the partial transaction wrote are in s->bytes now: their credit
+	 * ends here, not when the whole list is written. */
+	for (struct batch *b = list; b != NULL; b = b->next)
+		for (uint32_t i = 0; i < b->nops; i++) {
+			struct op *o = &b->ops[i];
+			if (o->credited && o->done) {
+				o->credited = false;
+				s->pending_free -= (uint64_t)o->n;
+				b->free_bytes -= (uint64_t)o->n;
+			}
+		}
 	for (struct batch *b = list; b != NULL; b = b->next)
 		run_dones(b, r->err);
 	s->retry = list;

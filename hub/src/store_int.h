@@ -41,6 +41,7 @@ struct op {
 	bool done;      /* written by an earlier, partial transaction */
 	bool indep;     /* OP_ENT_DEL of a durable entry: may run first */
 	bool ensure;    /* OP_ENT_INS: insert the message row too */
+	bool credited;  /* OP_ENT_DEL of a drop: n bytes counted free until written */
 	int64_t q;      /* queue id */
 	uint64_t seq;   /* entry seq */
 	int64_t mid;    /* message id */
