@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "perch/log.h"
+#include "store.h"
 
 #define LOG_MOD "hub.status"
 
@@ -64,7 +65,8 @@ static double age_s(int64_t now_ms, int64_t then_ms)
 	return then_ms > 0 && now_ms > then_ms ? (double)(now_ms - then_ms) / 1000.0 : 0.0;
 }
 
-size_t hub_status_json(const hub_upstream_stats *u, int64_t now_ms, char *out, size_t cap)
+size_t hub_status_json(const hub_upstream_stats *u, uint64_t dropped_oldest, int64_t now_ms,
+                       char *out, size_t cap)
 {
 	char t[40], since[40];
 	size_t n = 0;
@@ -90,7 +92,7 @@ size_t hub_status_json(const hub_upstream_stats *u, int64_t now_ms, char *out, s
 		put(out, cap, &n,
 		    ",\"offlineSeconds\":%.3f,\"reconnects\":%llu,"
 		    "\"forwarded\":%llu,\"resent\":%llu,\"inflight\":%llu,"
-		    "\"dropped\":{\"expired\":%llu,\"tooBig\":%llu},"
+		    "\"dropped\":{\"expired\":%llu,\"tooBig\":%llu,\"oldest\":%llu},"
 		    "\"refused\":%llu,\"firstForwardSeconds\":%.3f,"
 		    "\"queued\":{\"messages\":%llu,\"bytes\":%llu,\"oldestAgeSeconds\":%.3f},"
 		    "\"queues\":{",
@@ -98,7 +100,7 @@ size_t hub_status_json(const hub_upstream_stats *u, int64_t now_ms, char *out, s
 		    (unsigned long long)u->reconnects, (unsigned long long)u->forwarded,
 		    (unsigned long long)u->resent, (unsigned long long)u->inflight,
 		    (unsigned long long)u->expired, (unsigned long long)u->dropped_too_big,
-		    (unsigned long long)refused,
+		    (unsigned long long)dropped_oldest, (unsigned long long)refused,
 		    u->first_forward_ms < 0 ? -1.0 : (double)u->first_forward_ms / 1000.0,
 		    (unsigned long long)msgs, (unsigned long long)bytes, age_s(now_ms, oldest));
 		const char *sep = "";
@@ -178,15 +180,18 @@ void hub_status_tick(hub *h)
 	st.last_check_ms = now;
 	hub_upstream_stats u;
 	hub_upstream_get_stats(h, &u);
+	hub_store_stats ss = {0};
+	if (hub_broker_store(h) != NULL)
+		hub_store_get_stats(hub_broker_store(h), &ss);
 	char key[HUB_STATUS_MAX_BYTES];
-	if (hub_status_json(&u, 0, key, sizeof key) == 0)
+	if (hub_status_json(&u, ss.drop_oldest, 0, key, sizeof key) == 0)
 		return; /* cannot happen: ten queues fit */
 	bool state_changed = !st.written || u.up != st.up;
 	if (!state_changed && ((!st.failing && strcmp(key, st.last) == 0) ||
 	                       now - st.last_write_ms < HUB_STATUS_MIN_INTERVAL_MS))
 		return;
 	char doc[HUB_STATUS_MAX_BYTES];
-	size_t len = hub_status_json(&u, wall_ms(), doc, sizeof doc);
+	size_t len = hub_status_json(&u, ss.drop_oldest, wall_ms(), doc, sizeof doc);
 	st.written = true;
 	st.up = u.up;
 	memcpy(st.last, key, sizeof key);

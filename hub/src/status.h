@@ -20,11 +20,14 @@
 #define HUB_STATUS_MAX_BYTES       4096 /* the whole document */
 
 /*
- * hub_status_json writes the document for the link's stats u at the wall
- * time now_ms (Unix ms) into out (cap bytes, NUL-terminated) and returns
- * its length, or 0 when it does not fit. Pure; any thread.
+ * hub_status_json writes the document for the link's stats u, and
+ * dropped_oldest (queued $upstream messages dropped to make room,
+ * hub.upstream.full_policy drop_oldest), at the wall time now_ms (Unix ms)
+ * into out (cap bytes, NUL-terminated) and returns its length, or 0 when it
+ * does not fit. Pure; any thread.
  */
-size_t hub_status_json(const hub_upstream_stats *u, int64_t now_ms, char *out, size_t cap);
+size_t hub_status_json(const hub_upstream_stats *u, uint64_t dropped_oldest, int64_t now_ms,
+                       char *out, size_t cap);
 
 /* hub_status_tick writes the status file when it is due (see above); nothing
  * when hub.status_file is not set. Loop thread, once per iteration. */

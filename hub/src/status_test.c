@@ -20,7 +20,7 @@
 static json_t *parse(const hub_upstream_stats *u)
 {
 	char doc[HUB_STATUS_MAX_BYTES];
-	size_t n = hub_status_json(u, NOW, doc, sizeof doc);
+	size_t n = hub_status_json(u, 7, NOW, doc, sizeof doc);
 	assert_true(n > 0);
 	assert_int_equal(strlen(doc), n);
 	assert_int_equal(doc[n - 1], '\n');
@@ -74,6 +74,7 @@ static void test_down_with_queue(void **state)
 	json_t *d = json_object_get(up, "dropped");
 	assert_int_equal(json_integer_value(json_object_get(d, "expired")), 3);
 	assert_int_equal(json_integer_value(json_object_get(d, "tooBig")), 1);
+	assert_int_equal(json_integer_value(json_object_get(d, "oldest")), 7);
 	assert_true(json_real_value(json_object_get(up, "firstForwardSeconds")) == -1.0);
 	json_t *q = json_object_get(up, "queued");
 	assert_int_equal(json_integer_value(json_object_get(q, "messages")), 5);
@@ -119,9 +120,9 @@ static void test_full_document_fits(void **state)
 	for (int p = 0; p < HUB_UPSTREAM_PRIOS; p++)
 		u.oldest_ms[p] = 1;
 	char doc[HUB_STATUS_MAX_BYTES];
-	assert_true(hub_status_json(&u, NOW, doc, sizeof doc) > 0);
+	assert_true(hub_status_json(&u, UINT64_MAX, NOW, doc, sizeof doc) > 0);
 	/* Too small a buffer: 0, never a cut document. */
-	assert_int_equal(hub_status_json(&u, NOW, doc, 100), 0);
+	assert_int_equal(hub_status_json(&u, UINT64_MAX, NOW, doc, 100), 0);
 }
 
 int main(void)
