@@ -101,9 +101,10 @@ static void log_drops(hub *h, bool force)
 		return;
 	r->logged_drops += r->unlogged_drops;
 	PERCH_WARN(LOG_MOD,
-	           "store full (hub.max_store_bytes %llu) while the upstream link is down or "
-	           "draining: dropped the %llu oldest queued $upstream messages of the lowest "
-	           "priorities (%llu in all; hub.upstream.full_policy drop_oldest)",
+	           "store full (hub.max_store_bytes %llu, or an $upstream queue at "
+	           "hub.max_queued_messages/bytes) while the upstream link is down or draining: "
+	           "dropped the %llu oldest queued $upstream messages of the lowest priorities "
+	           "(%llu in all; hub.upstream.full_policy drop_oldest)",
 	           (unsigned long long)h->cfg.max_store_bytes,
 	           (unsigned long long)r->unlogged_drops, (unsigned long long)r->logged_drops);
 	r->unlogged_drops = 0;
@@ -141,6 +142,31 @@ static bool make_room(hub *h, uint8_t prio, size_t size)
 	return hub_store_fits(s, size);
 }
 
+/*
+ * room_in_queue (hub.upstream.full_policy drop_oldest) drops q's own oldest
+ * entries (not in flight) while q is at its limits (hub.max_queued_messages,
+ * hub.max_queued_bytes) for a message of size bytes. Returns whether it
+ * then has room.
+ */
+static bool room_in_queue(hub *h, hub_queue *q, size_t size)
+{
+	uint64_t max_n = (uint64_t)h->cfg.max_queued_messages;
+	uint64_t max_b = (uint64_t)h->cfg.max_queued_bytes;
+	hub_queue_stats qs;
+	hub_queue_get_stats(q, &qs);
+	for (uint32_t i = 0;
+	     i < MAX_DROPS_PER_MSG && (qs.depth >= max_n || qs.bytes + size > max_b); i++) {
+		uint32_t n = 0;
+		uint64_t bytes = 0;
+		if (hub_queue_drop_oldest(q, 1, 0, &n, &bytes) != PERCH_OK || n == 0)
+			break;
+		h->router->unlogged_drops += n;
+		hub_queue_get_stats(q, &qs);
+	}
+	log_drops(h, false);
+	return qs.depth < max_n && qs.bytes + size <= max_b;
+}
+
 static perch_err push_to(route_ctx *x, const char *qname, uint8_t prio, hub_msg *m, hub_queue **out)
 {
 	hub *h = x->h;
@@ -151,8 +177,8 @@ static perch_err push_to(route_ctx *x, const char *qname, uint8_t prio, hub_msg 
 	hub_queue_set_limits(q, (uint64_t)h->cfg.max_queued_messages, h->cfg.max_queued_bytes);
 	err = hub_queue_push(q, m);
 	if (err == PERCH_ENOSPC && qname[0] == 'u' && qname[1] == '/' &&
-	    h->cfg.upstream_full_policy == 1 && !hub_store_fits(store_of(h), m->size) &&
-	    make_room(h, prio, m->size))
+	    h->cfg.upstream_full_policy == 1 && room_in_queue(h, q, m->size) &&
+	    (hub_store_fits(store_of(h), m->size) || make_room(h, prio, m->size)))
 		err = hub_queue_push(q, m);
 	if (err == PERCH_OK) {
 		x->durable = true;
@@ -216,6 +242,17 @@ static bool on_hit(void *arg, const perch_route_hit *hit)
 			                   ? "drop_oldest: nothing of this priority or lower left "
 			                     "to drop"
 			                   : "refuse");
+		else if (err == PERCH_ENOSPC && sink->kind != PERCH_ROUTE_SINK_MODULE)
+			PERCH_WARN(
+			        LOG_MOD,
+			        "route %s: queue %s is at hub.max_queued_messages or "
+			        "hub.max_queued_bytes while the upstream link is down or draining: "
+			        "a message refused; the publisher is not acknowledged "
+			        "(hub.upstream.full_policy %s)",
+			        hit->name, qname,
+			        h->cfg.upstream_full_policy == 1
+			                ? "drop_oldest: nothing left to drop that is not in flight"
+			                : "refuse");
 		else
 			PERCH_WARN(LOG_MOD, "route %s: queue %s did not take a message: %s",
 			           hit->name, qname, perch_strerror(err));

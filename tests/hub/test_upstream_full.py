@@ -250,3 +250,42 @@ def test_drop_oldest_while_draining_spares_in_flight(make_broker, workdir):
         fp.stop()
     pair.child.stop()
     integrity(pair.child)
+
+
+@pytest.mark.parametrize("policy", ["refuse", "drop_oldest"])
+def test_upstream_queue_at_its_own_limit(make_broker, workdir, policy):
+    """An $upstream queue at hub.max_queued_messages (20) before the store is
+    full: refuse refuses (logged), drop_oldest drops that queue's oldest."""
+    pair = Pair(make_broker, workdir, child_routes=ROUTES,
+                child_args=["--set", "hub.max_queued_messages=20",
+                            "--set", f"hub.upstream.full_policy={policy}"])
+    pair.wait_up()
+    pair.parent.stop()
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0,
+                 15, what="link down")
+    mark = pair.child.log_mark()
+    prod = pair.producer()
+    acked = []
+    for n in range(50):
+        if not publish(prod, n, "low"):
+            break
+        acked.append(n)
+    m = pair.child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_queue_messages", priority="5") == 20
+    if policy == "refuse":
+        assert acked == list(range(20))
+        assert pair.child.wait_log(r"queue u/5 is at hub.max_queued_messages or "
+                                   r"hub.max_queued_bytes .* the publisher is not acknowledged "
+                                   r"\(hub.upstream.full_policy refuse\)", mark, timeout=5), \
+            pair.child.log_since(mark)[-2000:]
+        want = set(acked)
+    else:
+        assert acked == list(range(50))
+        assert h.metric_sum(m, "perch_hub_dropped_total", reason="upstream_dropped_oldest") == 30
+        assert pair.child.wait_log(r"dropped the \d+ oldest queued", mark, timeout=5)
+        want = set(range(30, 50))
+    pair.parent.start()
+    cons = pair.consumer()
+    got, _ = collect(cons, want, timeout=30)
+    got += [json.loads(p.payload)["n"] for p in cons.quiet(0.5)]
+    assert set(got) == want, sorted(set(got) ^ want)
