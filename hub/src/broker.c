@@ -732,8 +732,8 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	if (err == PERCH_ENOSPC) {
 		hub_metrics_dropped(b->h->metrics, "store_full", 1);
 		hub_conn_close_soon(c, "store full",
-		                    "message not acknowledged; the hub accepts again when "
-		                    "subscribers drain their queues");
+		                    "message not acknowledged; the hub accepts again when its "
+		                    "queues drain (subscribers, module inputs, the upstream link)");
 		return 0;
 	}
 	if (err != PERCH_OK) {
