@@ -124,7 +124,7 @@ static bool make_room(hub *h, uint8_t prio, size_t size)
 	for (int p = PERCH_ROUTE_MAX_PRIORITY; p >= prio && left > 0; p--) {
 		if (hub_store_fits(s, size))
 			break;
-		char qname[8];
+		char qname[16];
 		snprintf(qname, sizeof qname, "u/%d", p);
 		hub_queue *q = hub_store_queue_find(s, qname);
 		if (q == NULL)
