@@ -88,3 +88,23 @@ agent_test_cleanup() {
 	if [ $rc -eq 0 ]; then echo "$name: passed in $((SECONDS - start))s"; else echo "$name: FAILED (exit $rc)"; fi
 	exit $rc
 }
+
+# test_setup [VAR...]: what every integration test does first — cd to the
+# repo root (PERCH_ROOT, else two levels above the test script), make O
+# absolute and export it, and name the built programs agent_bin, hub_bin
+# and sastool; each VAR named (e.g. agent_bin) must be an executable, or the
+# test fails saying how to build it.
+test_setup() {
+	root=${PERCH_ROOT:-$(cd "$(dirname "${BASH_SOURCE[1]}")/../.." && pwd)}
+	cd "$root"
+	O=${O:-build}
+	case $O in /*) ;; *) O=$root/$O ;; esac
+	export O
+	agent_bin=$O/bin/perch-agent
+	hub_bin=$O/bin/perch-hub
+	sastool=$O/test/tools/sastool
+	local v
+	for v in "$@"; do
+		[ -x "${!v}" ] || fail "${!v} is not built (make O=$O all test)"
+	done
+}

@@ -20,13 +20,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-cd "$root"
-O=${O:-build}
-export O
-agent_bin=$O/bin/perch-agent
-hub_bin=$O/bin/perch-hub
-[ -x "$agent_bin" ] && [ -x "$hub_bin" ] || { echo "FAIL - build first (make O=$O)" >&2; exit 1; }
+test_setup agent_bin hub_bin
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/perch-test-agent.XXXXXX")
 start=$SECONDS
 tag=test-$$

@@ -17,11 +17,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-cd "$root"
-O=${O:-build}
-case $O in /*) ;; *) O=$root/$O ;; esac
-export O
+test_setup
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/perch-test-bench.XXXXXX")
 start=$SECONDS
 

@@ -38,14 +38,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-cd "$root"
-O=${O:-build}
-case $O in /*) ;; *) O=$root/$O ;; esac
-agent_bin=$O/bin/perch-agent
-sastool=$O/test/tools/sastool
-[ -x "$agent_bin" ] || { echo "FAIL - build first (make O=$O)" >&2; exit 1; }
-[ -x "$sastool" ] || { echo "FAIL - $sastool is not built (make O=$O test builds it)" >&2; exit 1; }
+test_setup agent_bin sastool
 command -v node >/dev/null || { echo "FAIL - node is not installed" >&2; exit 1; }
 [ -d tests/node_modules/azure-iot-device ] ||
 	{ echo "FAIL - tests/node_modules/azure-iot-device is missing (npm ci --prefix tests)" >&2; exit 1; }

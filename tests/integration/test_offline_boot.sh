@@ -29,16 +29,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-cd "$root"
-O=${O:-build}
-case $O in /*) ;; *) O=$root/$O ;; esac
-agent_bin=$O/bin/perch-agent
-hub_bin=$O/bin/perch-hub
-sastool=$O/test/tools/sastool
-for b in "$agent_bin" "$hub_bin" "$sastool"; do
-	[ -x "$b" ] || { echo "FAIL - $b is not built (make O=$O all test)" >&2; exit 1; }
-done
+test_setup agent_bin hub_bin sastool
 command -v sqlite3 >/dev/null || { echo "FAIL - sqlite3 is not installed" >&2; exit 1; }
 /usr/bin/python3 -c 'import paho.mqtt.client' 2>/dev/null ||
 	{ echo "FAIL - python3-paho-mqtt is not installed" >&2; exit 1; }

@@ -42,14 +42,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-root=${PERCH_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-cd "$root"
-O=${O:-build}
-case $O in /*) ;; *) O=$root/$O ;; esac
-export O
-agent_bin=$O/bin/perch-agent
-hub_bin=$O/bin/perch-hub
-[ -x "$agent_bin" ] && [ -x "$hub_bin" ] || { echo "FAIL - build first (make O=$O)" >&2; exit 1; }
+test_setup agent_bin hub_bin
 command -v node >/dev/null || { echo "FAIL - node is not installed" >&2; exit 1; }
 [ -d tests/node_modules/azure-iot-device-mqtt ] ||
 	{ echo "FAIL - tests/node_modules lacks the Azure IoT SDK (npm ci --prefix tests)" >&2; exit 1; }
