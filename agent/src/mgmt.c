@@ -131,7 +131,7 @@ void agent_mgmt_serve(agent *a, bool *reload)
 	} else {
 		ans = json_pack("{s:s}", "error", "unknown command (status, reload)");
 	}
-	char *text = ans != NULL ? json_dumps(ans, JSON_COMPACT) : NULL;
+	char *text = ans != NULL ? json_dumps(ans, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
 	json_decref(ans);
 	if (text != NULL) {
 		write_all(fd, text, strlen(text));
