@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tests/integration/test_agent_twin.sh — perch-agent keeps its report in the
 # `$edgeAgent` module twin at the perch-hub it starts (agent/src/hublink.c,
-# docs/agent.md "The $edgeAgent twin"), on the shared Docker engine with a
-# FROM scratch image built here (imagePullPolicy never: no registry).
+# docs/agent.md "The $edgeAgent twin"), on the Docker engine
+# (perch-env.sh, with a state dir of its own) with a FROM scratch image built here (imagePullPolicy never: no registry).
 #
 # The twin is read two ways. twins.db (the hub's store, sqlite3 read-only)
 # can be polled without disturbing anybody. A real MQTT client (paho, via
@@ -42,30 +42,18 @@ mb=twin-b-$$
 img=perch-test/twin-sleeper:t$$
 agent_pid=
 
-cleanup() {
-	local rc=$?
-	set +e
-	stop_agent
-	if [ $rc -ne 0 ]; then
-		for f in "$tmp"/agent*.log; do
-			[ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
-		done
-	fi
-	timeout 30 docker ps -aq --filter "label=perch.instance=$inst" |
-		xargs -r timeout 60 docker rm -f >/dev/null 2>&1
-	timeout 60 docker network rm "$net" >/dev/null 2>&1
-	timeout 60 docker rmi -f "$img" >/dev/null 2>&1
-	rm -rf "$tmp"
-	if [ $rc -eq 0 ]; then echo "test_agent_twin: passed in $((SECONDS - start))s"; else echo "test_agent_twin: FAILED (exit $rc)"; fi
-	exit $rc
-}
-trap cleanup EXIT
+images=("$img")
+trap 'agent_test_cleanup test_agent_twin' EXIT
 trap 'exit 1' INT TERM
 
-# The shared engine (started if needed; never stopped here).
-timeout 180 env PERCH_ENV_DIR=/tmp/shared-env bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
+# An engine and registry of the test's own state dir (perch-env.sh leaves an
+# engine that already answers alone, and stops only what it started).
+unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
+PERCH_REGISTRY_PORT=$(free_port)
+export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
+timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
 	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(PERCH_ENV_DIR=/tmp/shared-env bash deploy/perch-env.sh env)"
+eval "$(bash deploy/perch-env.sh env)"
 
 # --- a module that sleeps until it is told to stop --------------------------------------------
 mkdir -p "$tmp/ctx"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/integration/test_offline_boot.sh — "offline for real" (issue 6): a
 # device whose parent never answers boots with no link and no manifest and
-# still does its job from what it stored, on the shared Docker engine with a
-# FROM scratch image built here (imagePullPolicy never: no registry).
+# still does its job from what it stored, on the Docker engine
+# (perch-env.sh, with a state dir of its own) with a FROM scratch image
+# built here (imagePullPolicy never: no registry).
 #
 # The device's hub has hub.upstream.url pointing at a closed local port. It is
 # deployed once (two modules, a route INTO $upstream, a desired property of
@@ -45,36 +46,27 @@ img=perch-test/offline-sleeper:t$$
 agent_pid=
 parent_pid=
 
-# Like agent_test_cleanup, but the shared engine and registry are never
-# taken down (no perch-env.sh down at all).
-cleanup() {
-	local rc=$?
-	set +e
-	stop_agent
+images=("$img")
+# the parent hub this test may start, and its log on failure
+cleanup_extra() {
 	if [ -n "$parent_pid" ]; then
 		kill "$parent_pid" 2>/dev/null
 		wait "$parent_pid" 2>/dev/null
 	fi
-	if [ $rc -ne 0 ]; then
-		for f in "$tmp"/agent*.log "$tmp"/parent.log; do
-			[ -f "$f" ] && { echo "--- $f (last 30 lines)"; tail -n 30 "$f"; }
-		done
-	fi
-	timeout 30 docker ps -aq --filter "label=perch.instance=$inst" |
-		xargs -r timeout 60 docker rm -f >/dev/null 2>&1
-	timeout 60 docker network rm "$net" >/dev/null 2>&1
-	timeout 60 docker rmi -f "$img" >/dev/null 2>&1
-	rm -rf "$tmp"
-	if [ $rc -eq 0 ]; then echo "test_offline_boot: passed in $((SECONDS - start))s"; else echo "test_offline_boot: FAILED (exit $rc)"; fi
-	exit $rc
+	[ "$rc" -ne 0 ] && [ -f "$tmp/parent.log" ] && { echo "--- parent.log"; tail -n 30 "$tmp/parent.log"; }
+	return 0
 }
-trap cleanup EXIT
+trap 'agent_test_cleanup test_offline_boot' EXIT
 trap 'exit 1' INT TERM
 
-# The shared engine (started if needed; never stopped here).
-timeout 180 env PERCH_ENV_DIR=/tmp/shared-env bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
+# An engine and registry of the test's own state dir (perch-env.sh leaves an
+# engine that already answers alone, and stops only what it started).
+unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
+PERCH_REGISTRY_PORT=$(free_port)
+export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
+timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
 	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(PERCH_ENV_DIR=/tmp/shared-env bash deploy/perch-env.sh env)"
+eval "$(bash deploy/perch-env.sh env)"
 
 # --- a module that sleeps until it is told to stop --------------------------------------------
 mkdir -p "$tmp/ctx"
