@@ -1,13 +1,13 @@
-"""Leaf devices and cloud-to-device messages at perch-hub (docs/hub.md "Leaf
-devices and cloud-to-device messages"), against the real binary: C2D
-messages sent to the hub's REST endpoint (POST /devices/{d}/messages/
-devicebound, as the edge device) reach the leaf device on
-devices/{d}/messages/devicebound/{props} at least once, in order, across a
-reconnect and a kill -9, and expire with their TTL; every refusal has its
-status. The Azure IoT Node SDK connects as a leaf device over mqtts
-(js/sdk_leaf.js): its telemetry is routed like a module's (/messages/*
-without a module id), it reads and reports its twin, and it receives C2D
-messages with their properties."""
+"""Leaf devices and cloud-to-device messages at perch-hub
+(docs/leaf-devices.md), against the real binary: C2D messages sent to the
+hub's REST endpoint (POST /devices/{d}/messages/devicebound, as the edge
+device) reach the leaf device on devices/{d}/messages/devicebound/{props}
+at least once, in order, across a reconnect and a kill -9, over mqtt and
+wss, and expire with their TTL; every refusal has its status. The Azure IoT
+Node SDK connects as a leaf device over mqtts (js/sdk_leaf.js): its
+telemetry is routed like a module's (/messages/* without a module id), it
+reads and reports its twin, and it receives C2D messages with their
+properties."""
 import http.client
 import json
 import os
@@ -88,8 +88,13 @@ def send_c2d(b, device, body=b"hello", token=None, headers=None, method="POST", 
     return r.status, dict((k.lower(), v) for k, v in r.getheaders()), parsed
 
 
-def leaf(b, name="leaf1", key=LEAFKEY, clean=True, subscribe=True):
-    c = h.Raw(b.ports["mqtt"])
+def leaf(b, name="leaf1", key=LEAFKEY, clean=True, subscribe=True, transport="mqtt"):
+    """A leaf device over mqtt (TCP) or wss (MQTT over secure WebSocket, at
+    IoT Hub's path /$iothub/websocket)."""
+    if transport == "wss":
+        c = h.Raw(b.ports["wss"], "ws", path="/$iothub/websocket", tls=True)
+    else:
+        c = h.Raw(b.ports["mqtt"])
     ack = c.connect(name, clean=clean, user=f"{HOSTNAME}/{name}/?api-version=2019-01-30",
                     password=sas(f"{HOSTNAME}/devices/{name}", key))
     assert ack.rc == 0, f"{name}: CONNACK {ack.rc}\n{b.log_tail(10)}"
@@ -138,10 +143,12 @@ def test_c2d_reaches_a_leaf_device_in_order_at_least_once(c2dhub):
     assert all(p.dup for p in again), [p.dup for p in again]
     assert c.quiet(0.5) == [], "acknowledged messages came again"
     c.disconnect()
-    # the other leaf device got nothing; the metric counted five queued
-    c2 = leaf(b, "leaf2", LEAF2KEY)
+    # the other leaf device (over wss) got nothing but its own; five queued
+    c2 = leaf(b, "leaf2", LEAF2KEY, transport="wss")
     assert c2.quiet(0.3) == []
-    assert h.metric_sum(b.metrics(), "perch_hub_c2d_messages_total", result="queued") == 4
+    assert send_c2d(b, "leaf2", b"over wss")[0] == 204
+    assert [p.payload for p in c2.messages(1)] == [b"over wss"]
+    assert h.metric_sum(b.metrics(), "perch_hub_c2d_messages_total", result="queued") == 5
 
 
 def test_c2d_survives_kill9_and_expires(c2dhub):
