@@ -347,9 +347,14 @@ ok "direct method ping via https://perch-hub:443 (device token) -> $mod's answer
 # --- a new hub.pem: the agent restarts the hub, the module comes back ------------------------------------
 # (The agent renews hub.pem when a third of its life is left; the hub reads
 # it only at start. A new modification time stands for a renewal here.)
+readies=$(grep -c "perch-hub ready:" "$tmp/agent.log" || true)
 touch "$certs/hub.pem"
 new_hub() { local p; p=$(pgrep -P "$agent_pid" -x perch-hub) && [ "$p" != "$hub_pid" ]; }
 wait_for 30 "a new perch-hub after hub.pem changed" new_hub
+# Every listener of the new hub is open once it says ready (the agent's probe
+# of its MQTT port may succeed before the TLS listeners are).
+new_ready() { [ "$(grep -c "perch-hub ready:" "$tmp/agent.log")" -gt "$readies" ]; }
+wait_for 30 "the new perch-hub ready" new_ready
 grep -q "hub.pem changed: restarting perch-hub (pid $hub_pid)" "$tmp/agent.log" || fail "no log of the restart"
 grep -q "perch-hub (pid $hub_pid) exited\|perch-hub (pid $hub_pid) killed" "$tmp/agent.log" &&
 	fail "the planned restart was logged as a failure"
