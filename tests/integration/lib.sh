@@ -108,3 +108,28 @@ test_setup() {
 		[ -x "${!v}" ] || fail "${!v} is not built (make O=$O all test)"
 	done
 }
+
+# perch_env_up: a Docker engine and a private registry for $PERCH_ENV_DIR
+# (deploy/perch-env.sh up; its log in $tmp/env-up.log), then its variables
+# (PERCH_REGISTRY, PERCH_REGISTRY_PASSWORD_FILE, ...) in this shell.
+perch_env_up() {
+	timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
+		{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
+	eval "$(bash deploy/perch-env.sh env)"
+}
+
+# sleeper_image IMAGE: build IMAGE (FROM scratch, in $tmp/ctx) around a
+# static program that sleeps until SIGTERM, then exits 0.
+sleeper_image() {
+	mkdir -p "$tmp/ctx"
+	cat >"$tmp/ctx/sleeper.c" <<'C'
+#include <signal.h>
+#include <unistd.h>
+static void on_term(int sig) { (void)sig; _exit(0); }
+int main(void) { signal(SIGTERM, on_term); for (;;) pause(); }
+C
+	gcc -static -O2 -o "$tmp/ctx/sleeper" "$tmp/ctx/sleeper.c" || fail "gcc -static failed"
+	printf 'FROM scratch\nCOPY sleeper /sleeper\nENTRYPOINT ["/sleeper"]\n' >"$tmp/ctx/Dockerfile"
+	DOCKER_BUILDKIT=0 timeout 120 docker build -q -t "$1" "$tmp/ctx" >/dev/null 2>"$tmp/build.err" ||
+		fail "docker build: $(tail -3 "$tmp/build.err")"
+}

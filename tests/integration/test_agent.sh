@@ -45,9 +45,7 @@ trap 'agent_test_cleanup test_agent' EXIT
 trap 'exit 1' INT TERM
 
 echo "# state dir $PERCH_ENV_DIR, registry port $PERCH_REGISTRY_PORT, tag $tag"
-timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
-	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(bash deploy/perch-env.sh env)"
+perch_env_up
 password=$(cat "$PERCH_REGISTRY_PASSWORD_FILE")
 sensor_img=$PERCH_REGISTRY/perch/simulated-temperature-sensor:$tag
 filter_img=$PERCH_REGISTRY/perch/filter:$tag

@@ -51,9 +51,7 @@ env_dirs+=("$PERCH_ENV_DIR")
 trap 'agent_test_cleanup test_agent_faults' EXIT
 trap 'exit 1' INT TERM
 
-timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
-	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(bash deploy/perch-env.sh env)"
+perch_env_up
 password=$(cat "$PERCH_REGISTRY_PASSWORD_FILE")
 reg=$PERCH_REGISTRY
 regport=${reg##*:}

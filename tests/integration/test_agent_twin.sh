@@ -51,22 +51,10 @@ trap 'exit 1' INT TERM
 unset PERCH_DOCKER_SOCK PERCH_REGISTRY_USER DOCKER_HOST DOCKER_CONFIG
 PERCH_REGISTRY_PORT=$(free_port)
 export PERCH_ENV_DIR=$tmp/env PERCH_REGISTRY_PORT PERCH_ENV_TIMEOUT=60
-timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
-	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(bash deploy/perch-env.sh env)"
+perch_env_up
 
 # --- a module that sleeps until it is told to stop --------------------------------------------
-mkdir -p "$tmp/ctx"
-cat >"$tmp/ctx/sleeper.c" <<'EOF'
-#include <signal.h>
-#include <unistd.h>
-static void on_term(int sig) { (void)sig; _exit(0); }
-int main(void) { signal(SIGTERM, on_term); for (;;) pause(); }
-EOF
-gcc -static -O2 -o "$tmp/ctx/sleeper" "$tmp/ctx/sleeper.c" || fail "gcc -static failed"
-printf 'FROM scratch\nCOPY sleeper /sleeper\nENTRYPOINT ["/sleeper"]\n' >"$tmp/ctx/Dockerfile"
-DOCKER_BUILDKIT=0 timeout 120 docker build -q -t "$img" "$tmp/ctx" >/dev/null 2>"$tmp/build.err" ||
-	fail "docker build: $(tail -3 "$tmp/build.err")"
+sleeper_image "$img"
 ok "test image $img built"
 
 hub_port=$(free_port)

@@ -62,9 +62,7 @@ cleanup_extra() { [ -n "$slow_pid" ] && kill "$slow_pid" 2>/dev/null; }
 trap 'agent_test_cleanup test_identity_agent' EXIT
 trap 'exit 1' INT TERM
 
-timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
-	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(bash deploy/perch-env.sh env)"
+perch_env_up
 password=$(cat "$PERCH_REGISTRY_PASSWORD_FILE")
 reg=$PERCH_REGISTRY
 

@@ -78,9 +78,7 @@ cleanup_extra() {
 trap 'agent_test_cleanup test_sdk_module' EXIT
 trap 'exit 1' INT TERM
 
-timeout 180 bash deploy/perch-env.sh up >"$tmp/env-up.log" 2>&1 ||
-	{ tail "$tmp/env-up.log"; fail "perch-env.sh up failed"; }
-eval "$(bash deploy/perch-env.sh env)"
+perch_env_up
 password=$(cat "$PERCH_REGISTRY_PASSWORD_FILE")
 img=$PERCH_REGISTRY/perch/node-sdk-module:$tag
 images=("$img")
