@@ -1,7 +1,9 @@
 /*
  * iothub_topic.c — classify IoT Hub topic names and build the ones the hub
  * sends. A cursor walks the topic left to right over the fixed words of each
- * shape; see iothub_topic.h for the shapes and the rules.
+ * shape; see iothub_topic.h for the shapes and the rules. The `$iothub/` and
+ * the link's `$edgehub/` twin and method topics share one parser, told apart
+ * by a table of their words and kinds.
  */
 #include "outbuf.h"
 #include "perch/iothub_topic.h"
@@ -178,7 +180,8 @@ static perch_iothub_reason finish_query(cursor *c, perch_iothub_topic *out, perc
 		return PERCH_IOTHUB_OK;
 	}
 	out->kind = kind;
-	bool want_version = kind == PERCH_IOTHUB_TWIN_DESIRED;
+	bool want_version =
+	        kind == PERCH_IOTHUB_TWIN_DESIRED || kind == PERCH_IOTHUB_LINK_TWIN_DESIRED;
 	if (r == PERCH_IOTHUB_BAD_QUERY && c->pos == c->s.len)
 		r = want_version ? PERCH_IOTHUB_MISSING_VERSION : PERCH_IOTHUB_MISSING_RID;
 	if (r != PERCH_IOTHUB_OK)
@@ -190,17 +193,51 @@ static perch_iothub_reason finish_query(cursor *c, perch_iothub_topic *out, perc
 	return PERCH_IOTHUB_OK;
 }
 
-static perch_iothub_reason parse_twin(cursor *c, perch_iothub_topic *out)
+/* The fixed words and the kinds of one namespace's twin and method topics. */
+typedef struct words {
+	const char *get, *reported, *desired, *post; /* after `twin/` or `methods/` */
+	perch_iothub_kind twin_get, twin_reported, twin_desired, twin_response;
+	perch_iothub_kind method_request, method_response;
+} words;
+
+static const words IOTHUB_WORDS = {
+        .get = "GET",
+        .reported = "PATCH/properties/reported",
+        .desired = "PATCH/properties/desired",
+        .post = "POST/",
+        .twin_get = PERCH_IOTHUB_TWIN_GET,
+        .twin_reported = PERCH_IOTHUB_TWIN_REPORTED,
+        .twin_desired = PERCH_IOTHUB_TWIN_DESIRED,
+        .twin_response = PERCH_IOTHUB_TWIN_RESPONSE,
+        .method_request = PERCH_IOTHUB_METHOD_REQUEST,
+        .method_response = PERCH_IOTHUB_METHOD_RESPONSE,
+};
+
+static const words LINK_WORDS = {
+        .get = "get",
+        .reported = "reported",
+        .desired = "desired",
+        .post = "post/",
+        .twin_get = PERCH_IOTHUB_LINK_TWIN_GET,
+        .twin_reported = PERCH_IOTHUB_LINK_TWIN_REPORTED,
+        .twin_desired = PERCH_IOTHUB_LINK_TWIN_DESIRED,
+        .twin_response = PERCH_IOTHUB_LINK_TWIN_RESPONSE,
+        .method_request = PERCH_IOTHUB_LINK_METHOD_REQUEST,
+        .method_response = PERCH_IOTHUB_LINK_METHOD_RESPONSE,
+};
+
+/* After `twin/`. */
+static perch_iothub_reason parse_twin(cursor *c, perch_iothub_topic *out, const words *w)
 {
-	if (eat(c, "GET"))
-		return finish_query(c, out, PERCH_IOTHUB_TWIN_GET);
-	if (eat(c, "PATCH/properties/reported"))
-		return finish_query(c, out, PERCH_IOTHUB_TWIN_REPORTED);
-	if (eat(c, "PATCH/properties/desired"))
-		return finish_query(c, out, PERCH_IOTHUB_TWIN_DESIRED);
+	if (eat(c, w->get))
+		return finish_query(c, out, w->twin_get);
+	if (eat(c, w->reported))
+		return finish_query(c, out, w->twin_reported);
+	if (eat(c, w->desired))
+		return finish_query(c, out, w->twin_desired);
 	if (eat(c, "res/")) {
 		perch_slice status = segment(c, true);
-		perch_iothub_reason r = finish_query(c, out, PERCH_IOTHUB_TWIN_RESPONSE);
+		perch_iothub_reason r = finish_query(c, out, w->twin_response);
 		if (out->kind == PERCH_IOTHUB_OTHER)
 			return PERCH_IOTHUB_OK;
 		perch_iothub_reason rs = parse_status(status, &out->status);
@@ -209,11 +246,12 @@ static perch_iothub_reason parse_twin(cursor *c, perch_iothub_topic *out)
 	return PERCH_IOTHUB_OK;
 }
 
-static perch_iothub_reason parse_methods(cursor *c, perch_iothub_topic *out)
+/* After `methods/`. */
+static perch_iothub_reason parse_methods(cursor *c, perch_iothub_topic *out, const words *w)
 {
-	if (eat(c, "POST/")) {
+	if (eat(c, w->post)) {
 		perch_slice name = segment(c, true);
-		perch_iothub_reason r = finish_query(c, out, PERCH_IOTHUB_METHOD_REQUEST);
+		perch_iothub_reason r = finish_query(c, out, w->method_request);
 		if (out->kind == PERCH_IOTHUB_OTHER)
 			return PERCH_IOTHUB_OK;
 		out->method = name;
@@ -222,13 +260,62 @@ static perch_iothub_reason parse_methods(cursor *c, perch_iothub_topic *out)
 	}
 	if (eat(c, "res/")) {
 		perch_slice status = segment(c, true);
-		perch_iothub_reason r = finish_query(c, out, PERCH_IOTHUB_METHOD_RESPONSE);
+		perch_iothub_reason r = finish_query(c, out, w->method_response);
 		if (out->kind == PERCH_IOTHUB_OTHER)
 			return PERCH_IOTHUB_OK;
 		perch_iothub_reason rs = parse_status(status, &out->status);
 		return rs != PERCH_IOTHUB_OK ? rs : r;
 	}
 	return PERCH_IOTHUB_OK;
+}
+
+/*
+ * Does the topic continue (after `$edgehub/{d}/`) with the device-level form:
+ * `twin/` and one of its verbs, or `methods/` and one of its? Looks ahead
+ * without moving c. A module form's `{m}` is always followed by `twin` or
+ * `methods`, never by a verb, so the two cannot be confused.
+ */
+static bool link_device_level(const cursor *c)
+{
+	cursor k = *c;
+	if (eat(&k, "twin/")) {
+		perch_slice v = segment(&k, true);
+		return perch_slice_eq_cstr(v, "get") || perch_slice_eq_cstr(v, "reported") ||
+		       perch_slice_eq_cstr(v, "desired") || perch_slice_eq_cstr(v, "res");
+	}
+	if (eat(&k, "methods/")) {
+		perch_slice v = segment(&k, true);
+		return perch_slice_eq_cstr(v, "post") || perch_slice_eq_cstr(v, "res");
+	}
+	return false;
+}
+
+/* $edgehub/{d}[/{m}]/... */
+static perch_iothub_reason parse_link(cursor *c, perch_iothub_topic *out)
+{
+	perch_slice device = segment(c, false);
+	perch_slice module = {NULL, 0};
+	if (!eat(c, "/"))
+		return PERCH_IOTHUB_OK;
+	bool has_module = !link_device_level(c);
+	if (has_module) {
+		module = segment(c, false);
+		if (!eat(c, "/"))
+			return PERCH_IOTHUB_OK;
+	}
+	perch_iothub_reason r = PERCH_IOTHUB_OK;
+	if (eat(c, "twin/"))
+		r = parse_twin(c, out, &LINK_WORDS);
+	else if (eat(c, "methods/"))
+		r = parse_methods(c, out, &LINK_WORDS);
+	if (out->kind == PERCH_IOTHUB_OTHER)
+		return PERCH_IOTHUB_OK;
+	out->device = device;
+	out->module = module;
+	perch_iothub_reason ri = check_segment(device);
+	if (ri == PERCH_IOTHUB_OK && has_module)
+		ri = check_segment(module);
+	return ri != PERCH_IOTHUB_OK ? ri : r;
 }
 
 static perch_err reason_err(perch_iothub_reason r)
@@ -262,9 +349,11 @@ perch_err perch_iothub_topic_parse(perch_slice topic, perch_iothub_topic *out,
 	if (eat(&c, "devices/"))
 		r = parse_devices(&c, out);
 	else if (eat(&c, "$iothub/twin/"))
-		r = parse_twin(&c, out);
+		r = parse_twin(&c, out, &IOTHUB_WORDS);
 	else if (eat(&c, "$iothub/methods/"))
-		r = parse_methods(&c, out);
+		r = parse_methods(&c, out, &IOTHUB_WORDS);
+	else if (eat(&c, "$edgehub/"))
+		r = parse_link(&c, out);
 done:
 	if (why != NULL)
 		*why = r;
@@ -389,6 +478,67 @@ perch_err perch_iothub_build_method_response(char *out, size_t cap, size_t *out_
 	return finish(&w, out_len);
 }
 
+bool perch_iothub_is_link(perch_iothub_kind kind)
+{
+	return kind >= PERCH_IOTHUB_LINK_TWIN_GET && kind <= PERCH_IOTHUB_LINK_METHOD_RESPONSE;
+}
+
+/* The words of a link topic after `{d}[/{m}]/`, up to its variable part. */
+static const char *link_words(perch_iothub_kind kind)
+{
+	switch (kind) {
+	case PERCH_IOTHUB_LINK_TWIN_GET: return "/twin/get/?$rid=";
+	case PERCH_IOTHUB_LINK_TWIN_REPORTED: return "/twin/reported/?$rid=";
+	case PERCH_IOTHUB_LINK_TWIN_DESIRED: return "/twin/desired/?$version=";
+	case PERCH_IOTHUB_LINK_TWIN_RESPONSE: return "/twin/res/";
+	case PERCH_IOTHUB_LINK_METHOD_REQUEST: return "/methods/post/";
+	case PERCH_IOTHUB_LINK_METHOD_RESPONSE: return "/methods/res/";
+	default: return NULL;
+	}
+}
+
+perch_err perch_iothub_build_link(char *out, size_t cap, size_t *out_len, perch_iothub_kind kind,
+                                  perch_slice device, perch_slice module, perch_slice method,
+                                  unsigned status, perch_slice rid, bool has_version,
+                                  uint64_t version)
+{
+	const char *fixed = link_words(kind);
+	bool has_module = module.ptr != NULL && module.len > 0;
+	bool is_request = kind == PERCH_IOTHUB_LINK_METHOD_REQUEST;
+	bool is_response = kind == PERCH_IOTHUB_LINK_TWIN_RESPONSE ||
+	                   kind == PERCH_IOTHUB_LINK_METHOD_RESPONSE;
+	bool is_desired = kind == PERCH_IOTHUB_LINK_TWIN_DESIRED;
+	if (fixed == NULL || !name_ok(device, false) || (has_module && !name_ok(module, false)) ||
+	    (is_request && !name_ok(method, false)) ||
+	    (is_response && (status < 100 || status > 999)) || (!is_desired && !name_ok(rid, true)))
+		return PERCH_EINVAL;
+	outbuf w = {out, cap, 0, false};
+	outbuf_put_str(&w, "$edgehub/");
+	outbuf_put(&w, device);
+	if (has_module) {
+		outbuf_put_str(&w, "/");
+		outbuf_put(&w, module);
+	}
+	outbuf_put_str(&w, fixed);
+	if (is_request) {
+		outbuf_put(&w, method);
+		outbuf_put_str(&w, "/?$rid=");
+	} else if (is_response) {
+		outbuf_put_u64(&w, status);
+		outbuf_put_str(&w, "/?$rid=");
+	}
+	if (is_desired) {
+		outbuf_put_u64(&w, version);
+	} else {
+		outbuf_put(&w, rid);
+		if (kind == PERCH_IOTHUB_LINK_TWIN_RESPONSE && has_version) {
+			outbuf_put_str(&w, "&$version=");
+			outbuf_put_u64(&w, version);
+		}
+	}
+	return finish(&w, out_len);
+}
+
 const char *perch_iothub_kind_str(perch_iothub_kind kind)
 {
 	switch (kind) {
@@ -403,6 +553,12 @@ const char *perch_iothub_kind_str(perch_iothub_kind kind)
 	case PERCH_IOTHUB_TWIN_RESPONSE: return "twin response";
 	case PERCH_IOTHUB_METHOD_REQUEST: return "method request";
 	case PERCH_IOTHUB_METHOD_RESPONSE: return "method response";
+	case PERCH_IOTHUB_LINK_TWIN_GET: return "link twin get";
+	case PERCH_IOTHUB_LINK_TWIN_REPORTED: return "link twin reported patch";
+	case PERCH_IOTHUB_LINK_TWIN_DESIRED: return "link twin desired patch";
+	case PERCH_IOTHUB_LINK_TWIN_RESPONSE: return "link twin response";
+	case PERCH_IOTHUB_LINK_METHOD_REQUEST: return "link method request";
+	case PERCH_IOTHUB_LINK_METHOD_RESPONSE: return "link method response";
 	case PERCH_IOTHUB_KIND_COUNT: break;
 	}
 	return "unknown kind";

@@ -1,7 +1,9 @@
 /*
  * fuzz_iothub_topic.c — libFuzzer target for IoT Hub topic classification:
  * any bytes; every slice handed back must lie inside the input; a classified
- * input or C2D topic rebuilt with the builders must classify the same.
+ * input or C2D topic rebuilt with the builders must classify the same, and so
+ * must a child hub link topic rebuilt with perch_iothub_build_link, fields and
+ * all (device-level and module forms must never be confused).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -61,6 +63,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	                                     t.version) == PERCH_OK) {
 		if (perch_iothub_topic_parse((perch_slice){out, n}, &back, NULL) != PERCH_OK ||
 		    back.kind != t.kind || back.status != t.status || back.version != t.version)
+			abort();
+	}
+	if (perch_iothub_is_link(t.kind) &&
+	    perch_iothub_build_link(out, sizeof out, &n, t.kind, t.device, t.module, t.method,
+	                            t.status, t.rid, t.has_version, t.version) == PERCH_OK) {
+		bool desired = t.kind == PERCH_IOTHUB_LINK_TWIN_DESIRED;
+		bool versioned =
+		        desired || (t.kind == PERCH_IOTHUB_LINK_TWIN_RESPONSE && t.has_version);
+		if (perch_iothub_topic_parse((perch_slice){out, n}, &back, NULL) != PERCH_OK ||
+		    back.kind != t.kind || !perch_slice_eq(back.device, t.device) ||
+		    !perch_slice_eq(back.module, t.module) ||
+		    !perch_slice_eq(back.method, t.method) || back.status != t.status ||
+		    (!desired && !perch_slice_eq(back.rid, t.rid)) ||
+		    (versioned && (!back.has_version || back.version != t.version)))
 			abort();
 	}
 	return 0;

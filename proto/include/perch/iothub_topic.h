@@ -20,11 +20,32 @@
  *   METHOD_REQUEST   $iothub/methods/POST/{name}/?$rid={r}
  *   METHOD_RESPONSE  $iothub/methods/res/{status}/?$rid={r}
  *
+ * A child hub's one upstream connection carries the twins and methods of many
+ * identities (its device, its modules, its leaf devices), and `$iothub/...`
+ * names none, so that link uses a namespace modelled on Azure IoT Edge's
+ * broker translation topics, with the identity in the name:
+ *
+ *   LINK_TWIN_GET         $edgehub/{d}[/{m}]/twin/get/?$rid={r}
+ *   LINK_TWIN_REPORTED    $edgehub/{d}[/{m}]/twin/reported/?$rid={r}
+ *   LINK_TWIN_DESIRED     $edgehub/{d}[/{m}]/twin/desired/?$version={v}
+ *   LINK_TWIN_RESPONSE    $edgehub/{d}[/{m}]/twin/res/{status}/?$rid={r}[&$version={v}]
+ *   LINK_METHOD_REQUEST   $edgehub/{d}[/{m}]/methods/post/{name}/?$rid={r}
+ *   LINK_METHOD_RESPONSE  $edgehub/{d}[/{m}]/methods/res/{status}/?$rid={r}
+ *
+ * Without `{m}` the topic is the device's own. A module id may be any
+ * segment, "twin" and "methods" included, so after `$edgehub/{d}/` the next
+ * segment is read as the device-level form only when it is `twin` followed by
+ * `get`, `reported`, `desired` or `res`, or `methods` followed by `post` or
+ * `res`; otherwise it is `{m}` and `twin/...` or `methods/...` must follow
+ * (`$edgehub/d/twin/twin/get/?$rid=1` is module "twin"'s twin GET). The two
+ * forms never overlap, and what perch_iothub_build_link writes parses back.
+ *
  * The `/` before `{props}` may be absent when the bag is empty, and the `/`
  * before `?` may be absent. Query parameters other than `$rid` and `$version`
  * are ignored. A topic that has none of these shapes is OTHER (not an error);
  * one that starts like an IoT Hub topic but breaks its rules (an empty id, a
- * missing `$rid`, a status that is not three digits) is refused with a reason.
+ * missing `$rid`, a status that is not three digits) is refused with a reason;
+ * a `$edgehub/` topic of none of the link shapes is OTHER too.
  *
  * Pure functions: no I/O, no globals, any thread.
  */
@@ -56,6 +77,12 @@ typedef enum perch_iothub_kind {
 	PERCH_IOTHUB_TWIN_RESPONSE,
 	PERCH_IOTHUB_METHOD_REQUEST,
 	PERCH_IOTHUB_METHOD_RESPONSE,
+	PERCH_IOTHUB_LINK_TWIN_GET, /* the LINK_ kinds stay together: see perch_iothub_is_link */
+	PERCH_IOTHUB_LINK_TWIN_REPORTED,
+	PERCH_IOTHUB_LINK_TWIN_DESIRED,
+	PERCH_IOTHUB_LINK_TWIN_RESPONSE,
+	PERCH_IOTHUB_LINK_METHOD_REQUEST,
+	PERCH_IOTHUB_LINK_METHOD_RESPONSE,
 	PERCH_IOTHUB_KIND_COUNT /* not a kind: the number of kinds */
 } perch_iothub_kind;
 
@@ -80,10 +107,10 @@ typedef enum perch_iothub_reason {
 /* A classified topic. Slices point into the parsed topic; empty when absent. */
 typedef struct perch_iothub_topic {
 	perch_iothub_kind kind;
-	perch_slice device; /* telemetry, output, input, C2D: raw device id */
-	perch_slice module; /* output, input: raw module id */
+	perch_slice device; /* telemetry, output, input, C2D, LINK_: raw device id */
+	perch_slice module; /* output, input, LINK_ with `{m}`: raw module id */
 	perch_slice input;  /* input: raw input name */
-	perch_slice method; /* method request: raw method name */
+	perch_slice method; /* method requests (both namespaces): raw method name */
 	perch_slice props;  /* telemetry, output, input, C2D: encoded bag, may be empty */
 	perch_slice rid;    /* twin and method topics: `$rid`, raw */
 	bool has_version;   /* a `$version` was present */
@@ -130,6 +157,27 @@ PERCH_MUST_USE perch_err perch_iothub_build_method_request(char *out, size_t cap
                                                            perch_slice name, perch_slice rid);
 PERCH_MUST_USE perch_err perch_iothub_build_method_response(char *out, size_t cap, size_t *out_len,
                                                             unsigned status, perch_slice rid);
+
+/*
+ * perch_iothub_build_link writes a link topic of kind (one of the LINK_ kinds)
+ * for device and module (empty or NULL ptr: the device-level form): method is
+ * used by METHOD_REQUEST, status by the two RESPONSE kinds, rid by all but
+ * TWIN_DESIRED, version by TWIN_DESIRED (always) and TWIN_RESPONSE (when
+ * has_version). Same refusals as the other builders (PERCH_EINVAL for an empty
+ * device, ids/names containing '/', '+', '#', '?' or NUL or longer than
+ * PERCH_IOTHUB_MAX_SEGMENT, an empty rid, one with '&' or longer than
+ * PERCH_IOTHUB_MAX_RID, a status outside 100..999, a non-LINK kind;
+ * PERCH_ETOOBIG when out is too small). Arguments a kind does not use are not
+ * looked at. What it writes parses back to the same kind and fields.
+ */
+PERCH_MUST_USE perch_err perch_iothub_build_link(char *out, size_t cap, size_t *out_len,
+                                                 perch_iothub_kind kind, perch_slice device,
+                                                 perch_slice module, perch_slice method,
+                                                 unsigned status, perch_slice rid, bool has_version,
+                                                 uint64_t version);
+
+/* perch_iothub_is_link: is kind one of the LINK_ kinds? */
+bool perch_iothub_is_link(perch_iothub_kind kind);
 
 /* Static texts (never NULL) for a kind and a reason. */
 const char *perch_iothub_kind_str(perch_iothub_kind kind);
