@@ -15,15 +15,18 @@ perch_err hub_twin_init(hub_twin *t)
 	memset(t, 0, sizeof *t);
 	t->desired = json_object();
 	t->reported = json_object();
+	t->remote = json_object();
 	t->desired_version = 1;
 	t->reported_version = 1;
-	return t->desired != NULL && t->reported != NULL ? PERCH_OK : PERCH_ENOMEM;
+	return t->desired != NULL && t->reported != NULL && t->remote != NULL ? PERCH_OK
+	                                                                      : PERCH_ENOMEM;
 }
 
 void hub_twin_fini(hub_twin *t)
 {
 	json_decref(t->desired);
 	json_decref(t->reported);
+	json_decref(t->remote);
 	memset(t, 0, sizeof *t);
 }
 
@@ -32,9 +35,28 @@ perch_err hub_twin_copy(hub_twin *dst, const hub_twin *src)
 	memset(dst, 0, sizeof *dst);
 	dst->desired = json_deep_copy(src->desired);
 	dst->reported = json_deep_copy(src->reported);
+	dst->remote = src->remote != NULL ? json_deep_copy(src->remote) : json_object();
 	dst->desired_version = src->desired_version;
 	dst->reported_version = src->reported_version;
-	return dst->desired != NULL && dst->reported != NULL ? PERCH_OK : PERCH_ENOMEM;
+	dst->remote_version = src->remote_version;
+	return dst->desired != NULL && dst->reported != NULL && dst->remote != NULL ? PERCH_OK
+	                                                                            : PERCH_ENOMEM;
+}
+
+perch_err hub_twin_layer(const json_t *base, const json_t *remote, json_t **out)
+{
+	json_t *v = json_object();
+	perch_err err = v != NULL ? PERCH_OK : PERCH_ENOMEM;
+	if (err == PERCH_OK && json_is_object(base))
+		err = hub_twin_merge(v, base);
+	if (err == PERCH_OK && json_is_object(remote))
+		err = hub_twin_merge(v, remote);
+	if (err != PERCH_OK) {
+		json_decref(v);
+		v = NULL;
+	}
+	*out = v;
+	return err;
 }
 
 size_t hub_twin_size(const json_t *doc)

@@ -6,9 +6,11 @@
  * A twin belongs to one identity ("d", "d/m", or a leaf device's id) and
  * has two sections, each a JSON object with its own version:
  *
- *   desired   set by the hub deployment (a module's desired properties);
- *             a change bumps its version and is sent to the identity as a
- *             patch (the JSON merge patch from the old section to the new);
+ *   desired   what the identity is told: the hub deployment's desired
+ *             properties for it (modules) with the remote layer merged on
+ *             top; a change bumps its version and is sent to the identity
+ *             as a patch (the JSON merge patch from the old section to the
+ *             new);
  *   reported  changed by the identity's own reported patches (RFC 7396 JSON
  *             merge patch: null deletes, objects merge, anything else
  *             replaces); every accepted patch bumps its version.
@@ -41,6 +43,12 @@ typedef struct hub_twin {
 	uint64_t desired_version;  /* >= 1; bumped by every change of desired */
 	json_t *reported;          /* object, no "$version"; never NULL after init */
 	uint64_t reported_version; /* >= 1; bumped by every accepted patch */
+	/* The remote layer of desired: what the parent hub holds as this
+	 * identity's desired properties (a child hub, docs/hub.md "Twins over
+	 * the link"), or what was PATCHed at this hub's REST API. Merged over
+	 * the deployment's (RFC 7396). Never NULL after init. */
+	json_t *remote;
+	uint64_t remote_version; /* the parent's desired $version; 0: none yet */
 } hub_twin;
 
 /* hub_twin_init: empty sections, versions 1. PERCH_ENOMEM (t then safe to
@@ -108,6 +116,13 @@ PERCH_MUST_USE perch_err hub_twin_set_desired(hub_twin *t, const json_t *desired
  * buffer *out (perch_free; not NUL-terminated) of *len bytes. PERCH_ENOMEM.
  */
 PERCH_MUST_USE perch_err hub_twin_document(const hub_twin *t, char **out, size_t *len);
+
+/*
+ * hub_twin_layer sets *out (new reference) to the desired section made of
+ * base (borrowed, may be NULL: the deployment's desired properties) with
+ * remote (borrowed) merged over it, null values dropped. PERCH_ENOMEM.
+ */
+PERCH_MUST_USE perch_err hub_twin_layer(const json_t *base, const json_t *remote, json_t **out);
 
 /* hub_twin_copy makes dst (uninitialised) a deep copy of src. PERCH_ENOMEM
  * (dst then safe to fini). */

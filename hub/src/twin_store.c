@@ -30,17 +30,30 @@ static const char SCHEMA_V1[] = "CREATE TABLE twin(\n"
                                 "  reported_version INTEGER NOT NULL,\n"
                                 "  updated          INTEGER NOT NULL) WITHOUT ROWID;\n";
 
+/*
+ * Version 2.
+ *   remote, remote_version: the remote layer of desired (twin.h): the
+ *   parent hub's desired properties of the identity and their $version
+ *   (0: never synced), or what was PATCHed at this hub's REST API.
+ */
+static const char SCHEMA_V2[] =
+        "ALTER TABLE twin ADD COLUMN remote TEXT NOT NULL DEFAULT '{}';\n"
+        "ALTER TABLE twin ADD COLUMN remote_version INTEGER NOT NULL DEFAULT 0;\n";
+
 static const perch_db_migration migrations[] = {
         {1, SCHEMA_V1},
+        {2, SCHEMA_V2},
 };
 
-static const char SQL_LOAD[] =
-        "SELECT name, desired, desired_version, reported, reported_version FROM twin";
+static const char SQL_LOAD[] = "SELECT name, desired, desired_version, reported, reported_version,"
+                               " remote, remote_version FROM twin";
 static const char SQL_SAVE[] =
-        "INSERT INTO twin(name, desired, desired_version, reported, reported_version, updated)"
-        " VALUES(?1, ?2, ?3, ?4, ?5, CAST(strftime('%s', 'now') AS INTEGER) * 1000)"
+        "INSERT INTO twin(name, desired, desired_version, reported, reported_version, updated,"
+        " remote, remote_version)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, CAST(strftime('%s', 'now') AS INTEGER) * 1000, ?6, ?7)"
         " ON CONFLICT(name) DO UPDATE SET desired = ?2, desired_version = ?3,"
-        " reported = ?4, reported_version = ?5, updated = excluded.updated";
+        " reported = ?4, reported_version = ?5, updated = excluded.updated, remote = ?6,"
+        " remote_version = ?7";
 static const char SQL_DELETE[] = "DELETE FROM twin WHERE name = ?1";
 
 struct hub_twin_store {
@@ -139,8 +152,11 @@ perch_err hub_twin_store_load(hub_twin_store *s,
 		hub_twin t = {0};
 		t.desired = parse_section(sqlite3_column_text(st, 1), sqlite3_column_bytes(st, 1));
 		t.reported = parse_section(sqlite3_column_text(st, 3), sqlite3_column_bytes(st, 3));
+		t.remote = parse_section(sqlite3_column_text(st, 5), sqlite3_column_bytes(st, 5));
 		int64_t dv = sqlite3_column_int64(st, 2), rv = sqlite3_column_int64(st, 4);
-		if (name == NULL || t.desired == NULL || t.reported == NULL || dv < 1 || rv < 1) {
+		int64_t mv = sqlite3_column_int64(st, 6);
+		if (name == NULL || t.desired == NULL || t.reported == NULL || t.remote == NULL ||
+		    dv < 1 || rv < 1 || mv < 0) {
 			PERCH_WARN(LOG_MOD, "%s: the twin of %s does not parse: skipped", s->path,
 			           name != NULL ? name : "(no name)");
 			hub_twin_fini(&t);
@@ -148,6 +164,7 @@ perch_err hub_twin_store_load(hub_twin_store *s,
 		}
 		t.desired_version = (uint64_t)dv;
 		t.reported_version = (uint64_t)rv;
+		t.remote_version = (uint64_t)mv;
 		fn(arg, name, &t);
 	}
 	sqlite3_reset(st);
@@ -166,11 +183,12 @@ static char *dump(const json_t *section, size_t *len)
 
 perch_err hub_twin_store_save(hub_twin_store *s, const char *name, const hub_twin *t)
 {
-	size_t dl = 0, rl = 0;
+	size_t dl = 0, rl = 0, ml = 0;
 	char *d = dump(t->desired, &dl);
 	char *r = dump(t->reported, &rl);
+	char *m = t->remote != NULL ? dump(t->remote, &ml) : NULL;
 	sqlite3_stmt *st = NULL;
-	perch_err err = d != NULL && r != NULL ? PERCH_OK : PERCH_ENOMEM;
+	perch_err err = d != NULL && r != NULL && m != NULL ? PERCH_OK : PERCH_ENOMEM;
 	if (err == PERCH_OK)
 		err = perch_db_stmt(s->db, SQL_SAVE, &st);
 	if (err == PERCH_OK) {
@@ -179,6 +197,8 @@ perch_err hub_twin_store_save(hub_twin_store *s, const char *name, const hub_twi
 		sqlite3_bind_int64(st, 3, (sqlite3_int64)t->desired_version);
 		sqlite3_bind_text(st, 4, r, (int)rl, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 5, (sqlite3_int64)t->reported_version);
+		sqlite3_bind_text(st, 6, m, (int)ml, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 7, (sqlite3_int64)t->remote_version);
 		int rc = sqlite3_step(st);
 		if (rc != SQLITE_DONE)
 			err = step_err(s, rc, "saving a twin");
@@ -187,6 +207,7 @@ perch_err hub_twin_store_save(hub_twin_store *s, const char *name, const hub_twi
 	}
 	perch_free(d);
 	perch_free(r);
+	perch_free(m);
 	return err;
 }
 

@@ -370,6 +370,36 @@ static void free_loaded(loaded *l)
 	memset(l, 0, sizeof *l);
 }
 
+/* The desired section is the deployment's with the remote layer over it. */
+static void test_layer(void **state)
+{
+	(void)state;
+	json_t *base = json_of("{\"a\":1,\"n\":{\"x\":1,\"y\":2}}");
+	json_t *remote = json_of("{\"a\":2,\"n\":{\"y\":null,\"z\":3},\"b\":null,\"c\":4}");
+	json_t *out = NULL;
+	assert_int_equal(hub_twin_layer(base, remote, &out), PERCH_OK);
+	assert_json(out, "{\"a\":2,\"n\":{\"x\":1,\"z\":3},\"c\":4}");
+	json_decref(out);
+	assert_int_equal(hub_twin_layer(NULL, remote, &out), PERCH_OK); /* no deployment */
+	assert_json(out, "{\"a\":2,\"n\":{\"z\":3},\"c\":4}");
+	json_decref(out);
+	assert_int_equal(hub_twin_layer(base, NULL, &out), PERCH_OK);
+	assert_json(out, "{\"a\":1,\"n\":{\"x\":1,\"y\":2}}");
+	json_decref(out);
+	/* a copy carries the layer */
+	hub_twin t, c;
+	assert_int_equal(hub_twin_init(&t), PERCH_OK);
+	assert_int_equal(hub_twin_merge(t.remote, remote), PERCH_OK);
+	t.remote_version = 3;
+	assert_int_equal(hub_twin_copy(&c, &t), PERCH_OK);
+	assert_true(json_equal(c.remote, t.remote) && c.remote != t.remote);
+	assert_int_equal(c.remote_version, 3);
+	hub_twin_fini(&t);
+	hub_twin_fini(&c);
+	json_decref(base);
+	json_decref(remote);
+}
+
 static void test_store(void **state)
 {
 	(void)state;
@@ -388,6 +418,10 @@ static void test_store(void **state)
 	json_t *d = json_of("{\"t\":25}");
 	assert_int_equal(hub_twin_set_desired(&a, d, NULL, why, sizeof why), PERCH_OK);
 	json_decref(d);
+	json_t *r = json_of("{\"r\":true}");
+	assert_int_equal(hub_twin_merge(a.remote, r), PERCH_OK);
+	json_decref(r);
+	a.remote_version = 7;
 	assert_int_equal(hub_twin_store_save(s, "gw1/filter", &a), PERCH_OK);
 	assert_int_equal(hub_twin_store_save(s, "gw1", &b), PERCH_OK);
 	assert_int_equal(hub_twin_report(&a, "{\"z\":1}", 7, why, sizeof why), PERCH_OK);
@@ -413,6 +447,11 @@ static void test_store(void **state)
 	assert_json(l.twins[fi].desired, "{\"t\":25}");
 	assert_int_equal(l.twins[fi].reported_version, 3);
 	assert_int_equal(l.twins[fi].desired_version, 2);
+	assert_json(l.twins[fi].remote,
+	            "{\"r\":true}"); /* the remote layer, version 2 of the schema */
+	assert_int_equal(l.twins[fi].remote_version, 7);
+	assert_json(l.twins[1 - fi].remote, "{}");
+	assert_int_equal(l.twins[1 - fi].remote_version, 0);
 	free_loaded(&l);
 	hub_twin_store_close(s);
 
@@ -443,6 +482,7 @@ int main(void)
 	        cmocka_unit_test(test_reported_versions),
 	        cmocka_unit_test(test_desired_versions),
 	        cmocka_unit_test(test_document),
+	        cmocka_unit_test(test_layer),
 	        cmocka_unit_test(test_store),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
