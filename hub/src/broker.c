@@ -682,8 +682,10 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	hub_msg *m;
 	char stamped[PERCH_IOTHUB_MAX_TOPIC + 512];
 	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
-		if (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0 &&
-		    hub_authz_publish(&c->ident, topic) && hub_iothub_publish(c, topic, payload))
+		bool iothub = (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0) ||
+		              (topic.len > 9 && memcmp(topic.ptr, "$edgehub/", 9) == 0);
+		if (iothub && hub_authz_publish(&c->ident, topic) &&
+		    hub_iothub_publish(c, topic, payload))
 			return ack_publish(c, qos, pid, false); /* iothub.c answered it */
 		if (!hub_authz_publish(&c->ident, topic)) {
 			hub_metrics_denied(b->h->metrics, "publish");

@@ -83,6 +83,7 @@ typedef struct hub {
 	struct hub_iothub *iothub;     /* twins and methods (iothub.c) */
 	struct hub_router *router;     /* routes (router.c) */
 	struct hub_upstream *upstream; /* the link to the parent (upstream.c), or NULL */
+	struct hub_twinsync *twinsync; /* twins over that link (twinsync.c), or NULL */
 	int64_t ids_poll_ms;           /* next look at the identity files' mtimes */
 	int64_t key_mtime, deploy_mtime, leaves_mtime; /* ns; -1 missing */
 } hub;

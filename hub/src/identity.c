@@ -293,6 +293,18 @@ static bool child_leaf(const hub_identity *id, perch_slice seg)
 	return parent != NULL && strcmp(parent, id->device) == 0;
 }
 
+/* link_target: may the child edge hub id speak for the identity a link
+ * topic ($edgehub/{d}[/{m}]/...) names? Itself and any module of it, or a
+ * leaf device registered under it. */
+static bool link_target(const hub_identity *id, const perch_iothub_topic *t)
+{
+	if (!hub_identity_is_edge(id))
+		return false;
+	if (seg_is(t->device, id->device))
+		return true;
+	return t->module.len == 0 && child_leaf(id, t->device);
+}
+
 bool hub_authz_publish(const hub_identity *id, perch_slice topic)
 {
 	if (id->kind == HUB_IDENT_ANONYMOUS)
@@ -312,8 +324,25 @@ bool hub_authz_publish(const hub_identity *id, perch_slice topic)
 		if (id->kind == HUB_IDENT_MODULE)
 			return seg_is(t.device, id->device) && seg_is(t.module, id->module);
 		return hub_identity_is_edge(id) && seg_is(t.device, id->device);
+	case PERCH_IOTHUB_LINK_TWIN_GET:
+	case PERCH_IOTHUB_LINK_TWIN_REPORTED:
+	case PERCH_IOTHUB_LINK_METHOD_RESPONSE: return link_target(id, &t);
 	default: return false;
 	}
+}
+
+bool hub_identities_edge_of(const hub_identities *ids, const char *name, char *out, size_t cap)
+{
+	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
+	if (!split_client_id(perch_slice_cstr(name), dev, mod))
+		return false;
+	const char *edge = dev;
+	if (perch_map_get(&ids->edges, perch_slice_cstr(dev)) == NULL) {
+		edge = mod[0] == '\0' ? perch_map_get(&ids->parents, perch_slice_cstr(dev)) : NULL;
+		if (edge == NULL || perch_map_get(&ids->edges, perch_slice_cstr(edge)) == NULL)
+			return false;
+	}
+	return (size_t)snprintf(out, cap, "%s", edge) < cap;
 }
 
 bool hub_identity_origin(const hub_identity *id, perch_slice topic, hub_identity *out)
@@ -347,6 +376,11 @@ static bool under(perch_slice filter, const char *prefix)
 bool hub_authz_subscribe(const hub_identity *id, perch_slice filter)
 {
 	if (id->kind == HUB_IDENT_ANONYMOUS)
+		return true;
+	/* A child edge hub takes the twin answers, desired patches and method
+	 * calls of its identities; the hub sends it only theirs. */
+	if (hub_identity_is_edge(id) && filter.len == 10 &&
+	    memcmp(filter.ptr, "$edgehub/#", 10) == 0)
 		return true;
 	if (under(filter, "$iothub/twin/res/") ||
 	    under(filter, "$iothub/twin/PATCH/properties/desired/") ||

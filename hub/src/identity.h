@@ -106,6 +106,12 @@ bool hub_identity_is_edge(const hub_identity *id);
  * not telemetry or cannot be decoded. */
 bool hub_identity_origin(const hub_identity *id, perch_slice topic, hub_identity *out);
 
+/* hub_identities_edge_of: is identity name ("d" or "d/m") spoken for by a
+ * child edge hub (an "edge": true leaf entry) — d itself when it is one
+ * (with any module), or the "parent" of leaf device d? Its id goes into
+ * out (cap bytes). */
+bool hub_identities_edge_of(const hub_identities *ids, const char *name, char *out, size_t cap);
+
 /* hub_authz_publish: may id publish to topic? A child edge hub may also
  * publish devices/{itself}/modules/{any}/messages/events/... and
  * devices/{leaf}/messages/events/... for leaf devices registered with

@@ -21,12 +21,14 @@
  * method's target, a desired patch's recipient). Loop thread only.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "iothub_int.h"
 #include "metrics.h"
 #include "perch/alloc.h"
 #include "perch/log.h"
+#include "twinsync.h"
 
 #define LOG_MOD          "hub.twin"
 #define EDGE_AGENT       "$edgeAgent"
@@ -264,6 +266,151 @@ static void twin_reported(hub_iothub *x, hub_conn *c, const char *name, hub_onli
 	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu", name,
 	            (unsigned long long)t->reported_version);
 	twin_answer(c, "reported", 204, rid, true, t->reported_version, NULL, 0);
+	hub_twinsync_reported(x->h, name);
+}
+
+/* --- a child edge hub's link ($edgehub/..., docs/hub.md "Twins over the link") -- */
+
+void hub_iothub_split_name(const char *name, perch_slice *device, perch_slice *module)
+{
+	const char *slash = strchr(name, '/');
+	*device = slash != NULL ? (perch_slice){name, (size_t)(slash - name)}
+	                        : perch_slice_cstr(name);
+	*module = slash != NULL ? perch_slice_cstr(slash + 1) : (perch_slice){NULL, 0};
+}
+
+bool hub_iothub_link_name(const perch_iothub_topic *t, char *out, size_t cap)
+{
+	char dev[PERCH_IOTHUB_MAX_SEGMENT], mod[PERCH_IOTHUB_MAX_SEGMENT];
+	size_t dn = 0, mn = 0;
+	if (perch_props_url_decode(t->device, dev, sizeof dev - 1, &dn, NULL) != PERCH_OK ||
+	    perch_props_url_decode(t->module, mod, sizeof mod - 1, &mn, NULL) != PERCH_OK ||
+	    dn == 0 || dn > PERCH_DEVICE_ID_MAX || mn > PERCH_DEVICE_ID_MAX ||
+	    memchr(dev, '\0', dn) != NULL || memchr(dev, '/', dn) != NULL ||
+	    memchr(mod, '\0', mn) != NULL || memchr(mod, '/', mn) != NULL)
+		return false;
+	int n = mn > 0 ? snprintf(out, cap, "%.*s/%.*s", (int)dn, dev, (int)mn, mod)
+	               : snprintf(out, cap, "%.*s", (int)dn, dev);
+	return n > 0 && (size_t)n < cap;
+}
+
+perch_err hub_iothub_link_send(hub_conn *c, perch_iothub_kind kind, const char *name,
+                               perch_slice method, unsigned status, perch_slice rid,
+                               bool has_version, uint64_t version, perch_slice body)
+{
+	char topic[MAX_SENT_TOPIC];
+	size_t tlen = 0;
+	perch_slice dev, mod;
+	hub_iothub_split_name(name, &dev, &mod);
+	perch_err err = perch_iothub_build_link(topic, sizeof topic, &tlen, kind, dev, mod, method,
+	                                        status, rid, has_version, version);
+	if (err != PERCH_OK)
+		return err;
+	perch_slice t = {topic, tlen};
+	if (!hub_broker_subscribed(c, t, NULL))
+		return PERCH_ENOENT;
+	return hub_iothub_send(c, t, body, true);
+}
+
+/* link_error answers a child's twin request on the link with an error. */
+static void link_error(hub_conn *c, const char *name, unsigned status, unsigned code,
+                       perch_slice rid, const char *message)
+{
+	char body[600];
+	size_t n = hub_iothub_error_body(body, sizeof body, code, message);
+	if (hub_iothub_link_send(c, PERCH_IOTHUB_LINK_TWIN_RESPONSE, name, (perch_slice){NULL, 0},
+	                         status, rid, false, 0, (perch_slice){body, n}) == PERCH_ENOMEM)
+		hub_conn_close_soon(c, "out of memory", NULL);
+}
+
+/*
+ * link_reported applies a reported patch a child sends for one of its
+ * identities. The child owns that section: the version becomes the child's
+ * ($rid is its reported $version). Stored before the broker's PUBACK; when
+ * storing fails the child's connection ends without one, so it tries again.
+ */
+static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_slice rid,
+                          perch_slice payload)
+{
+	hub_twin *t = twin_of(x, name);
+	if (t == NULL) {
+		hub_conn_close_soon(c, "out of memory", NULL);
+		return;
+	}
+	json_t *old = json_incref(t->reported);
+	uint64_t old_version = t->reported_version;
+	char why[300];
+	perch_err err = hub_twin_report(t, payload.ptr, payload.len, why, sizeof why);
+	if (err == PERCH_ENOMEM) {
+		json_decref(old);
+		hub_conn_close_soon(c, "out of memory", NULL);
+		return;
+	}
+	if (err != PERCH_OK) {
+		json_decref(old);
+		PERCH_WARN(LOG_MOD, "%s: reported patch from %s over the link refused (400): %s",
+		           name, c->client_id, why);
+		char msg[360];
+		snprintf(msg, sizeof msg, "reported patch refused: %s", why);
+		link_error(c, name, 400, ERR_ARG_INVALID, rid, msg);
+		return;
+	}
+	char num[24];
+	char *end = NULL;
+	snprintf(num, sizeof num, "%.*s", (int)(rid.len < 23 ? rid.len : 23), rid.ptr);
+	unsigned long long v = strtoull(num, &end, 10);
+	if (end != num && *end == '\0' && v > 0)
+		t->reported_version = v;
+	err = hub_twin_store_save(x->store, name, t);
+	if (err != PERCH_OK) {
+		json_decref(t->reported);
+		t->reported = old;
+		t->reported_version = old_version;
+		PERCH_ERROR(LOG_MOD,
+		            "%s: reported patch from %s not stored (%s): not acknowledged; the "
+		            "link is closed so that the child sends it again",
+		            name, c->client_id, perch_strerror(err));
+		hub_conn_close_soon(c, "twin store failed", perch_strerror(err));
+		return;
+	}
+	json_decref(old);
+	hub_metrics_twin(x->h->metrics, "link_reported:204");
+	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu from %s", name,
+	            (unsigned long long)t->reported_version, c->client_id);
+}
+
+/* link_publish takes a child edge hub's $edgehub/... publish (authorized:
+ * the identity it names is the child's). */
+static void link_publish(hub_iothub *x, hub_conn *c, const perch_iothub_topic *t,
+                         perch_slice payload)
+{
+	char name[HUB_IDENT_NAME_MAX];
+	if (!hub_iothub_link_name(t, name, sizeof name)) {
+		PERCH_WARN(LOG_MOD, "%s: a link topic with a bad identity: dropped", c->client_id);
+		return;
+	}
+	switch (t->kind) {
+	case PERCH_IOTHUB_LINK_TWIN_GET: {
+		hub_twin *tw = twin_of(x, name);
+		char *doc = NULL;
+		size_t len = 0;
+		if (tw == NULL || hub_twin_document(tw, &doc, &len) != PERCH_OK) {
+			link_error(c, name, 500, ERR_SERVER_ERROR, t->rid, "out of memory");
+			return;
+		}
+		hub_metrics_twin(x->h->metrics, "link_get:200");
+		perch_err err = hub_iothub_link_send(c, PERCH_IOTHUB_LINK_TWIN_RESPONSE, name,
+		                                     (perch_slice){NULL, 0}, 200, t->rid, false, 0,
+		                                     (perch_slice){doc, len});
+		perch_free(doc);
+		if (err == PERCH_ENOMEM)
+			hub_conn_close_soon(c, "out of memory", NULL);
+		break;
+	}
+	case PERCH_IOTHUB_LINK_TWIN_REPORTED: link_reported(x, c, name, t->rid, payload); break;
+	case PERCH_IOTHUB_LINK_METHOD_RESPONSE: hub_method_response(c, t, payload); break;
+	default: break;
+	}
 }
 
 bool hub_iothub_publish(hub_conn *c, perch_slice topic, perch_slice payload)
@@ -275,6 +422,10 @@ bool hub_iothub_publish(hub_conn *c, perch_slice topic, perch_slice payload)
 	char name[HUB_IDENT_NAME_MAX];
 	hub_identity_name(&c->ident, name, sizeof name);
 	hub_online *o = seen(x, c, name);
+	if (perch_iothub_is_link(t.kind)) {
+		link_publish(x, c, &t, payload);
+		return true;
+	}
 	switch (t.kind) {
 	case PERCH_IOTHUB_TWIN_GET: twin_get(x, c, name, o, t.rid); break;
 	case PERCH_IOTHUB_TWIN_REPORTED: twin_reported(x, c, name, o, t.rid, payload); break;
@@ -329,27 +480,27 @@ static void desired_change(hub_iothub *x, changes *cs, const char *module)
 	hub *h = x->h;
 	char name[HUB_IDENT_NAME_MAX];
 	snprintf(name, sizeof name, "%s/%s", h->ids.device_id, module);
-	json_t *want = json_object_get(h->ids.twins, module); /* borrowed */
-	json_t *empty = NULL;
+	json_t *base = json_object_get(h->ids.twins, module); /* borrowed */
 	hub_twin *t = perch_map_get(&x->twins, perch_slice_cstr(name));
-	if (want == NULL) {
-		if (t == NULL || json_object_size(t->desired) == 0)
-			return; /* nothing now, nothing wanted */
-		want = empty = json_object();
-		if (empty == NULL) {
-			cs->failed = true;
-			return;
-		}
-	}
-	if (t == NULL && json_is_object(want) && json_object_size(want) == 0)
-		return;
+	if (t == NULL && (base == NULL || (json_is_object(base) && json_object_size(base) == 0)))
+		return; /* nothing now, nothing wanted */
+	/* What the identity is told: the deployment's, the remote layer over it
+	 * (a non-object is passed on for hub_twin_set_desired to refuse). */
+	json_t *want = NULL;
+	perch_err err = PERCH_OK;
+	if (base != NULL && !json_is_object(base))
+		want = json_incref(base);
+	else
+		err = hub_twin_layer(base, t != NULL ? t->remote : NULL, &want);
 	hub_twin next;
-	perch_err err = t != NULL ? hub_twin_copy(&next, t) : hub_twin_init(&next);
+	memset(&next, 0, sizeof next);
+	if (err == PERCH_OK)
+		err = t != NULL ? hub_twin_copy(&next, t) : hub_twin_init(&next);
 	json_t *patch = NULL;
 	char why[300] = "";
 	if (err == PERCH_OK)
 		err = hub_twin_set_desired(&next, want, &patch, why, sizeof why);
-	json_decref(empty);
+	json_decref(want);
 	if (err != PERCH_OK || patch == NULL) {
 		if (err == PERCH_ENOMEM)
 			cs->failed = true;
@@ -378,12 +529,21 @@ static void desired_change(hub_iothub *x, changes *cs, const char *module)
  * it is connected and subscribed to desired updates. */
 static void send_patch(hub_iothub *x, const char *name, uint64_t v, const json_t *patch)
 {
-	hub_conn *c = hub_iothub_online(x->h, name);
+	char edge[PERCH_DEVICE_ID_MAX + 1];
+	bool link = hub_identities_edge_of(&x->h->ids, name, edge, sizeof edge);
+	hub_conn *c = hub_iothub_online(x->h, link ? edge : name);
 	if (c == NULL)
 		return;
 	char topic[MAX_SENT_TOPIC];
 	size_t tlen = 0;
-	if (perch_iothub_build_desired(topic, sizeof topic, &tlen, v) != PERCH_OK)
+	perch_slice dev, mod;
+	hub_iothub_split_name(name, &dev, &mod);
+	perch_err berr = link ? perch_iothub_build_link(topic, sizeof topic, &tlen,
+	                                                PERCH_IOTHUB_LINK_TWIN_DESIRED, dev, mod,
+	                                                (perch_slice){NULL, 0}, 0,
+	                                                (perch_slice){NULL, 0}, true, v)
+	                      : perch_iothub_build_desired(topic, sizeof topic, &tlen, v);
+	if (berr != PERCH_OK)
 		return;
 	perch_slice t = {topic, tlen};
 	if (!hub_broker_subscribed(c, t, NULL)) {
@@ -431,7 +591,9 @@ static void sync_twins(hub_iothub *x, bool push, bool prune)
 	if (prune) {
 		pos = 0;
 		while ((slot = perch_map_next(&x->twins, &pos)) != NULL) {
-			if (hub_identities_knows(&h->ids, slot->key, NULL))
+			char edge[PERCH_DEVICE_ID_MAX + 1];
+			if (hub_identities_knows(&h->ids, slot->key, NULL) ||
+			    hub_identities_edge_of(&h->ids, slot->key, edge, sizeof edge))
 				continue;
 			change *ch = add_change(&cs, slot->key);
 			if (ch != NULL)
@@ -492,6 +654,80 @@ static void sync_twins(hub_iothub *x, bool push, bool prune)
 			send_patch(x, ch->name, t->desired_version, ch->patch);
 	}
 	free_changes(&cs);
+}
+
+hub_twin *hub_iothub_twin(hub *h, const char *name)
+{
+	return h->iothub != NULL ? twin_of(h->iothub, name) : NULL;
+}
+
+perch_err hub_iothub_set_remote(hub *h, const char *name, const json_t *doc, bool replace,
+                                uint64_t version, char *why, size_t cap)
+{
+	hub_iothub *x = h->iothub;
+	if (cap > 0)
+		why[0] = '\0';
+	hub_twin *t = x != NULL ? twin_of(x, name) : NULL;
+	if (t == NULL)
+		return PERCH_ENOMEM;
+	if (!json_is_object(doc)) {
+		snprintf(why, cap, "desired properties must be a JSON object");
+		return PERCH_EINVAL;
+	}
+	perch_err err = hub_twin_check(doc, !replace, why, cap);
+	if (err != PERCH_OK)
+		return err;
+	hub_twin next;
+	err = hub_twin_copy(&next, t);
+	if (err == PERCH_OK && replace) {
+		json_decref(next.remote);
+		next.remote = json_object();
+		err = next.remote != NULL ? PERCH_OK : PERCH_ENOMEM;
+	}
+	if (err == PERCH_OK)
+		err = hub_twin_merge(next.remote, doc);
+	if (err == PERCH_OK)
+		next.remote_version = version != 0 ? version : next.remote_version;
+	/* The deployment's desired properties of a module of this device, under
+	 * the remote layer. */
+	const json_t *base = NULL;
+	size_t dn = strlen(h->ids.device_id);
+	if (strncmp(name, h->ids.device_id, dn) == 0 && name[dn] == '/')
+		base = json_object_get(h->ids.twins, name + dn + 1);
+	json_t *want = NULL, *patch = NULL;
+	if (err == PERCH_OK)
+		err = hub_twin_layer(base, next.remote, &want);
+	if (err == PERCH_OK)
+		err = hub_twin_set_desired(&next, want, &patch, why, cap);
+	json_decref(want);
+	if (err == PERCH_OK && version != 0 && patch != NULL && next.desired_version < version) {
+		/* Versions follow the parent's where it can (they only grow). */
+		next.desired_version = version;
+		err = json_object_set_new(patch, "$version", json_integer((json_int_t)version)) == 0
+		              ? PERCH_OK
+		              : PERCH_ENOMEM;
+	}
+	bool same = err == PERCH_OK && patch == NULL && next.remote_version == t->remote_version &&
+	            json_equal(next.remote, t->remote);
+	if (err == PERCH_OK && !same)
+		err = hub_twin_store_save(x->store, name, &next);
+	if (err != PERCH_OK || same) {
+		if (err != PERCH_OK && why[0] == '\0')
+			snprintf(why, cap, "%s", perch_strerror(err));
+		hub_twin_fini(&next);
+		json_decref(patch);
+		return err;
+	}
+	hub_twin_fini(t);
+	*t = next;
+	if (patch != NULL) {
+		PERCH_NOTICE(LOG_MOD, "%s: desired version %llu (%s)", name,
+		             (unsigned long long)t->desired_version,
+		             version != 0 ? "from the parent" : "patched here");
+		send_patch(x, name, t->desired_version, patch);
+	}
+	json_decref(patch);
+	return PERCH_OK;
 }
 
 void hub_iothub_identities_changed(hub *h)

@@ -51,6 +51,40 @@ PERCH_MUST_USE perch_err hub_iothub_send(hub_conn *c, perch_slice topic, perch_s
  * {"errorCode":code,"message":"..."}, into out (cap bytes); its length. */
 size_t hub_iothub_error_body(char *out, size_t cap, unsigned code, const char *message);
 
+/* hub_iothub_twin: identity name's twin, made (empty) when it has none yet
+ * (borrowed; NULL when out of memory). */
+hub_twin *hub_iothub_twin(hub *h, const char *name);
+
+/*
+ * hub_iothub_set_remote changes the remote layer of name's desired
+ * properties (twin.h): replaced by doc (replace: the parent's whole desired
+ * document, without "$version") or patched with it (RFC 7396), version the
+ * parent's desired $version (0: a patch made at this hub). The desired
+ * section becomes the deployment's with the layer over it; a change is
+ * stored, then sent to the identity (here, or down the link of the child
+ * edge hub that speaks for it). PERCH_EINVAL/ETOOBIG (why), PERCH_ENOMEM,
+ * store errors: nothing changed.
+ */
+PERCH_MUST_USE perch_err hub_iothub_set_remote(hub *h, const char *name, const json_t *doc,
+                                               bool replace, uint64_t version, char *why,
+                                               size_t cap);
+
+/* hub_iothub_split_name: the device and module (empty) parts of "d[/m]". */
+void hub_iothub_split_name(const char *name, perch_slice *device, perch_slice *module);
+
+/* hub_iothub_link_name: "d" or "d/m" from a link topic's (decoded) ids. */
+bool hub_iothub_link_name(const perch_iothub_topic *t, char *out, size_t cap);
+
+/*
+ * hub_iothub_link_send sends a link topic ($edgehub/{name}/..., built by
+ * perch_iothub_build_link from the other arguments) with body to a child
+ * edge hub's connection c, QoS 0, when c subscribed to it. PERCH_ENOENT:
+ * not subscribed; otherwise hub_iothub_send's errors.
+ */
+PERCH_MUST_USE perch_err hub_iothub_link_send(hub_conn *c, perch_iothub_kind kind, const char *name,
+                                              perch_slice method, unsigned status, perch_slice rid,
+                                              bool has_version, uint64_t version, perch_slice body);
+
 /* --- direct methods (method.c) ---------------------------------------------- */
 
 /*

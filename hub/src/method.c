@@ -30,6 +30,7 @@
 #define MIN_RESPONSE_S     5
 #define MAX_TIMEOUT_S      300
 #define METHODS_TOPIC      "$iothub/methods/POST/#"
+#define LINK_EXTRA_S       5 /* a call down a child's link waits this much longer */
 
 /* IoT Hub's error codes for the answers it has them for. */
 #define ERR_ARGUMENT_INVALID 400004u
@@ -46,8 +47,14 @@ struct hub_method_call {
 	char method[MAX_METHOD_NAME + 1];
 	char *payload; /* JSON text of the request payload until it is sent */
 	size_t len;
-	hub_conn *conn;      /* the target's connection once sent; NULL while waiting */
-	int response_s;      /* responseTimeoutInSeconds */
+	hub_conn *conn; /* the target's connection once sent; NULL while waiting */
+	/* The target is behind a child edge hub (docs/hub.md "Twins over the
+	 * link"): the call goes down that hub's link as
+	 * $edgehub/{target}/methods/post/{name}, with the whole request as its
+	 * payload, and its answer is the child's answer as it stands. */
+	char edge[PERCH_DEVICE_ID_MAX + 1]; /* "" unless so */
+	int response_s;                     /* responseTimeoutInSeconds */
+	int connect_s;                      /* connectTimeoutInSeconds */
 	int64_t deadline_ms; /* end of the wait for the target, then for the answer */
 	hub_method_done_fn done;
 	void *arg;
@@ -207,6 +214,19 @@ static bool try_send(hub *h, hub_method_call *call, hub_conn *c, bool *ended)
 		finish_error(h, call, 400, ERR_ARGUMENT_INVALID, "the method name cannot be sent");
 		return true;
 	}
+	if (call->edge[0] != '\0') {
+		perch_slice dev, mod;
+		hub_iothub_split_name(call->target, &dev, &mod);
+		if (perch_iothub_build_link(topic, sizeof topic, &tlen,
+		                            PERCH_IOTHUB_LINK_METHOD_REQUEST, dev, mod,
+		                            perch_slice_cstr(call->method), 0,
+		                            perch_slice_cstr(call->rid), false, 0) != PERCH_OK) {
+			*ended = true;
+			finish_error(h, call, 400, ERR_ARGUMENT_INVALID,
+			             "the target's name cannot be sent down the link");
+			return true;
+		}
+	}
 	perch_slice t = {topic, tlen};
 	if (c == NULL || c->state != HUB_CONN_ACTIVE || !hub_broker_subscribed(c, t, NULL))
 		return false;
@@ -228,10 +248,15 @@ static bool try_send(hub *h, hub_method_call *call, hub_conn *c, bool *ended)
 	perch_free(call->payload);
 	call->payload = NULL;
 	call->len = 0;
-	call->deadline_ms = hub_now_ms() + (int64_t)call->response_s * 1000;
+	/* Behind a child hub, the child's own call times out first: its 504 is
+	 * the answer. */
+	int wait_s =
+	        call->response_s + (call->edge[0] != '\0' ? call->connect_s + LINK_EXTRA_S : 0);
+	call->deadline_ms = hub_now_ms() + (int64_t)wait_s * 1000;
 	schedule(m, call->deadline_ms);
-	PERCH_INFO(LOG_MOD, "%s: method %s from %s sent (rid %s, %d s to answer)", call->target,
-	           call->method, call->caller, call->rid, call->response_s);
+	PERCH_INFO(LOG_MOD, "%s: method %s from %s sent%s%s (rid %s, %d s to answer)", call->target,
+	           call->method, call->caller, call->edge[0] ? " down the link of " : "",
+	           call->edge, call->rid, call->response_s);
 	return true;
 }
 
@@ -240,7 +265,9 @@ static bool try_send(hub *h, hub_method_call *call, hub_conn *c, bool *ended)
 static bool target_ok(const hub_identities *ids, const char *target, const char *device,
                       const char *module, unsigned *code, const char **message)
 {
-	if (hub_identities_knows(ids, target, NULL))
+	char edge[PERCH_DEVICE_ID_MAX + 1];
+	if (hub_identities_knows(ids, target, NULL) ||
+	    hub_identities_edge_of(ids, target, edge, sizeof edge))
 		return true;
 	if (module[0] != '\0' && strcmp(device, ids->device_id) == 0) {
 		*code = ERR_MODULE_NOT_FOUND;
@@ -307,13 +334,26 @@ void hub_method_invoke(hub *h, const hub_identity *caller, const char *device, c
 		bad = "connectTimeoutInSeconds: expected a whole number from 0 to 300";
 	char *text = NULL;
 	size_t tlen = 0;
+	char edge[PERCH_DEVICE_ID_MAX + 1] = "";
+	if (!hub_identities_edge_of(&h->ids, target, edge, sizeof edge))
+		edge[0] = '\0'; /* here, not behind a child hub */
 	if (bad == NULL) {
+		/* Down a child's link goes the whole request (the child calls with
+		 * the same timeouts); to a connection here, the payload. */
 		json_t *p = payload != NULL ? payload : json_null();
+		json_t *relay = NULL;
+		if (edge[0] != '\0') {
+			relay = json_pack("{s:s,s:O,s:i,s:i}", "methodName", name, "payload", p,
+			                  "responseTimeoutInSeconds", response_s,
+			                  "connectTimeoutInSeconds", connect_s);
+			p = relay != NULL ? relay : json_null();
+		}
 		tlen = json_dumpb(p, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
 		if (tlen > MAX_PAYLOAD)
 			bad = "payload: more than 128 KiB";
 		else if ((text = perch_malloc(tlen > 0 ? tlen : 1)) != NULL)
 			tlen = json_dumpb(p, text, tlen, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_decref(relay);
 	}
 	if (bad != NULL) {
 		PERCH_INFO(LOG_MOD, "%s: method call on %s%s%s refused: %s", cname, device,
@@ -342,9 +382,11 @@ void hub_method_invoke(hub *h, const hub_identity *caller, const char *device, c
 	snprintf(call->rid, sizeof call->rid, "%llx", (unsigned long long)m->next_rid++);
 	snprintf(call->target, sizeof call->target, "%s", target);
 	snprintf(call->caller, sizeof call->caller, "%s", cname);
+	snprintf(call->edge, sizeof call->edge, "%s", edge);
 	call->payload = text;
 	call->len = tlen;
 	call->response_s = response_s;
+	call->connect_s = connect_s;
 	call->done = done;
 	call->arg = arg;
 	if (perch_map_put(&m->by_rid, perch_slice_cstr(call->rid), call, NULL) != PERCH_OK) {
@@ -361,7 +403,8 @@ void hub_method_invoke(hub *h, const hub_identity *caller, const char *device, c
 	m->count++;
 	m->waiting++;
 	bool ended = false;
-	if (try_send(h, call, hub_iothub_online(h, call->target), &ended)) {
+	if (try_send(h, call, hub_iothub_online(h, call->edge[0] ? call->edge : call->target),
+	             &ended)) {
 		if (!ended)
 			*out = call;
 		return;
@@ -420,6 +463,19 @@ void hub_method_response(hub_conn *c, const perch_iothub_topic *t, perch_slice p
 		return;
 	}
 	unlink_call(m, call);
+	if (perch_iothub_is_link(t->kind)) {
+		/* A child hub's answer is already the REST answer: status and body. */
+		PERCH_INFO(LOG_MOD, "%s: method %s from %s answered %u by %s (rid %s)",
+		           call->target, call->method, call->caller, t->status, call->edge,
+		           call->rid);
+		char label[8];
+		snprintf(label, sizeof label, "%u", t->status);
+		hub_metrics_method(h->metrics, label);
+		call->done(call->arg, t->status, payload.len > 0 ? payload.ptr : "{}",
+		           payload.len > 0 ? payload.len : 2);
+		free_call(call);
+		return;
+	}
 	json_t *ans = json_object();
 	json_t *pv = payload_json(payload);
 	char *body = NULL;
@@ -454,7 +510,8 @@ void hub_method_target_seen(hub *h, const char *name, hub_conn *c)
 	hub_method_call *next;
 	for (hub_method_call *call = m->head; call != NULL; call = next) {
 		next = call->next;
-		if (call->conn != NULL || strcmp(call->target, name) != 0)
+		if (call->conn != NULL ||
+		    strcmp(call->edge[0] != '\0' ? call->edge : call->target, name) != 0)
 			continue;
 		bool ended;
 		(void)try_send(h, call, c, &ended);

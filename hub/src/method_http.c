@@ -29,6 +29,19 @@
  *   the body: the message (up to 64 KiB)
  *
  * answered 204 with iothub-messageid once the message is durable.
+ *
+ * And twins, from the edge device's identity (IoT Hub's service API; the
+ * `perch twin` command): the twin of any identity here or behind a child
+ * edge hub (docs/hub.md "Twins over the link"):
+ *
+ *   GET   /twins/{device}[/modules/{module}]
+ *   PATCH /twins/{device}[/modules/{module}]   {"properties":{"desired":{...}}}
+ *
+ * answered 200 with {"deviceId":...,["moduleId":...,]"properties":
+ * {"desired":{...,"$version":n},"reported":{...,"$version":m}}}. A PATCH
+ * changes the twin's remote layer of desired properties (merged over the
+ * deployment's; null deletes), stored before the answer, and sent to the
+ * identity at once (or down its child hub's link).
  */
 #include <limits.h>
 #include <stdio.h>
@@ -56,6 +69,7 @@ struct hub_method_http {
 	char device[PERCH_DEVICE_ID_MAX + 1]; /* target */
 	char module[PERCH_DEVICE_ID_MAX + 1]; /* "" for a device */
 	bool c2d;                             /* a cloud-to-device message, not a call */
+	bool twin;                            /* a twin GET or PATCH, not a call */
 	hub_c2d_req *c2d_req;                 /* pending in c2d.c, or NULL */
 	perch_props *props;                   /* the C2D message's properties */
 	uint32_t ttl_s;
@@ -138,11 +152,13 @@ static bool segment(const char **p, char *out, size_t cap)
 }
 
 /* parse_path: "/twins/{d}/methods" or "/twins/{d}/modules/{m}/methods";
- * or (*c2d set) "/devices/{d}/messages/devicebound". */
+ * or (*c2d set) "/devices/{d}/messages/devicebound"; or (*twin set)
+ * "/twins/{d}" or "/twins/{d}/modules/{m}". */
 static bool parse_path(const char *path, char *device, size_t dcap, char *module, size_t mcap,
-                       bool *c2d)
+                       bool *c2d, bool *twin)
 {
 	module[0] = '\0';
+	*twin = false;
 	*c2d = strncmp(path, "/devices/", 9) == 0;
 	if (*c2d) {
 		const char *p = path + 9;
@@ -159,7 +175,8 @@ static bool parse_path(const char *path, char *device, size_t dcap, char *module
 		if (!segment(&p, module, mcap))
 			return false;
 	}
-	return strcmp(p, "/methods") == 0 || strcmp(p, "/methods/") == 0;
+	*twin = strcmp(p, "") == 0 || strcmp(p, "/") == 0;
+	return *twin || strcmp(p, "/methods") == 0 || strcmp(p, "/methods/") == 0;
 }
 
 /* token_identity: "d" or "d/m" from the sr= resource of a SAS token
@@ -315,9 +332,110 @@ static bool c2d_headers(hub_method_http *r)
 	return false;
 }
 
+/* twin_name: the identity a twin request names, when it is one this hub
+ * keeps a twin for (here, or behind a child edge hub). */
+static bool twin_name(hub_method_http *r, char *name, size_t cap)
+{
+	if (r->module[0] != '\0')
+		snprintf(name, cap, "%s/%s", r->device, r->module);
+	else
+		snprintf(name, cap, "%s", r->device);
+	char edge[PERCH_DEVICE_ID_MAX + 1];
+	return hub_identities_knows(&r->h->ids, name, NULL) ||
+	       hub_identities_edge_of(&r->h->ids, name, edge, sizeof edge);
+}
+
+/* twin_answer answers with name's twin as IoT Hub's service API shows it. */
+static void twin_answer(hub_method_http *r, const char *name)
+{
+	hub_twin *t = hub_iothub_twin(r->h, name);
+	char *doc = NULL;
+	size_t len = 0;
+	json_t *props = NULL, *o = NULL;
+	if (t != NULL && hub_twin_document(t, &doc, &len) == PERCH_OK)
+		props = json_loadb(doc, len, 0, NULL);
+	perch_free(doc);
+	if (props != NULL)
+		o = json_pack("{s:s,s:o}", "deviceId", r->device, "properties", props);
+	if (o != NULL && r->module[0] != '\0' &&
+	    json_object_set_new(o, "moduleId", json_string(r->module)) != 0) {
+		json_decref(o);
+		o = NULL;
+	}
+	char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (text == NULL) {
+		answer_error(r, 500, 500000, "out of memory");
+		return;
+	}
+	answer_now(r, 200, text, strlen(text));
+	free(text);
+}
+
+/* twin_patch applies a PATCH's desired properties to name's remote layer. */
+static void twin_patch(hub_method_http *r, const char *name)
+{
+	json_error_t je;
+	json_t *req = json_loadb(r->body, r->len, JSON_REJECT_DUPLICATES, &je);
+	json_t *desired = json_object_get(json_object_get(req, "properties"), "desired");
+	char why[300] = "";
+	perch_err err = PERCH_EINVAL;
+	if (!json_is_object(desired))
+		snprintf(why, sizeof why,
+		         "expected {\"properties\":{\"desired\":{...}}} (only desired properties "
+		         "can be patched)");
+	else
+		err = hub_iothub_set_remote(r->h, name, desired, false, 0, why, sizeof why);
+	json_decref(req);
+	if (err == PERCH_EINVAL || err == PERCH_ETOOBIG || err == PERCH_ERANGE) {
+		PERCH_INFO(LOG_MOD, "twin PATCH of %s refused (400): %s", name, why);
+		answer_error(r, 400, 400004, why);
+		return;
+	}
+	if (err != PERCH_OK) {
+		PERCH_ERROR(LOG_MOD, "twin PATCH of %s failed: %s", name, why);
+		answer_error(r, 500, 500000, "the twin could not be stored; try again");
+		return;
+	}
+	twin_answer(r, name);
+}
+
+/* begin_twin takes the headers of a twin GET or PATCH (authenticated). */
+static int begin_twin(hub_method_http *r, unsigned long long want, bool get)
+{
+	char name[HUB_IDENT_NAME_MAX];
+	if (r->caller.kind != HUB_IDENT_DEVICE) {
+		PERCH_WARN(LOG_MOD,
+		           "twin request for %s refused (403): %s%s%s is not the edge device",
+		           r->device, r->caller.device, r->caller.module[0] ? "/" : "",
+		           r->caller.module);
+		answer_error(r, 403, 403000,
+		             "only the edge device's identity reads and patches twins here");
+		return 0;
+	}
+	if (!twin_name(r, name, sizeof name)) {
+		answer_error(r, 404, r->module[0] ? 404010 : 404001,
+		             "no such identity here (this device, its modules and leaf devices, "
+		             "and those of its child edge hubs)");
+		return 0;
+	}
+	r->deferred = false;
+	if (get) {
+		twin_answer(r, name);
+		return 0;
+	}
+	r->expect = (size_t)want;
+	r->body = perch_malloc(r->expect > 0 ? r->expect : 1);
+	if (r->body == NULL)
+		return -1;
+	if (r->expect == 0)
+		answer_error(r, 400, 400004, "the request has no body");
+	return 0;
+}
+
 /* begin takes the headers of a request to a method or C2D path. */
 static int begin(struct lws *wsi, hub_method_http **slot, const char *device, const char *module,
-                 bool c2d)
+                 bool c2d, bool twin)
 {
 	hub_method_http *r = perch_calloc(1, sizeof *r);
 	if (r == NULL)
@@ -328,6 +446,7 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 	snprintf(r->device, sizeof r->device, "%s", device);
 	snprintf(r->module, sizeof r->module, "%s", module);
 	r->c2d = c2d;
+	r->twin = twin;
 	char cl[32] = "";
 	unsigned long long want = 0;
 	bool has_length = lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0;
@@ -336,6 +455,20 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 		want = strtoull(cl, &end, 10);
 		if (end == cl || *end != '\0')
 			return refuse(r, ULLONG_MAX, 400, 400004, "a bad Content-Length");
+	}
+	if (twin) {
+		bool get = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0;
+		if (!get && lws_hdr_total_length(wsi, WSI_TOKEN_PATCH_URI) <= 0)
+			return refuse(r, want, 405, 405000,
+			              "twins are read with GET, patched with PATCH");
+		if (!get && !has_length)
+			return refuse(r, ULLONG_MAX, 411, 411000, "a Content-Length is needed");
+		if (want > MAX_BODY)
+			return refuse(r, want, 413, 413000, "the request body is over 132 KiB");
+		r->deferred = want > 0;
+		if (!authenticate(r))
+			return 0;
+		return begin_twin(r, want, get);
 	}
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) <= 0)
 		return refuse(r, want, 405, 405000,
@@ -418,13 +551,13 @@ int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_me
 	switch (reason) {
 	case LWS_CALLBACK_HTTP: {
 		char device[PERCH_DEVICE_ID_MAX + 1], module[PERCH_DEVICE_ID_MAX + 1];
-		bool c2d = false;
+		bool c2d = false, twin = false;
 		if (!parse_path((const char *)in, device, sizeof device, module, sizeof module,
-		                &c2d))
-			return 1; /* not a method or C2D path: the caller answers */
+		                &c2d, &twin))
+			return 1; /* not a method, twin or C2D path: the caller answers */
 		req_free(r);
 		*slot = NULL;
-		return begin(wsi, slot, device, module, c2d);
+		return begin(wsi, slot, device, module, c2d, twin);
 	}
 	case LWS_CALLBACK_HTTP_BODY:
 		if (r == NULL || r->status != 0)
@@ -450,7 +583,13 @@ int hub_method_http_cb(struct lws *wsi, enum lws_callback_reasons reason, hub_me
 			answer_error(r, 400, 400004, "less body than Content-Length said");
 			return 0;
 		}
-		if (r->c2d)
+		if (r->twin) {
+			char name[HUB_IDENT_NAME_MAX];
+			if (twin_name(r, name, sizeof name))
+				twin_patch(r, name);
+			else
+				answer_error(r, 404, 404001, "no such identity here");
+		} else if (r->c2d)
 			hub_c2d_send(r->h, r->device, r->props, (perch_slice){r->body, r->len},
 			             r->ttl_s, c2d_done, r, &r->c2d_req);
 		else

@@ -37,6 +37,7 @@
 #include "perch/props.h"
 #include "perch/sas.h"
 #include "store.h"
+#include "twinsync.h"
 #include "upstream_tls.h"
 
 #define LOG_MOD            "hub.upstream"
@@ -46,7 +47,9 @@
 #define CONNECT_TIMEOUT_MS 15000      /* TCP + TLS + CONNACK */
 #define TIMER_MS           250        /* housekeeping period while configured */
 #define RX_BUF             65536
-#define SUB_PID            65535 /* SUBSCRIBE's packet id: publishes use 1 .. window <= 65534 */
+#define SUB_PID            65535 /* SUBSCRIBE's packet id: publishes use 1 .. window <= 65532 */
+#define LINK_SUB_PID       65534 /* the SUBSCRIBE to $edgehub/# (twins, methods) */
+#define TWIN_PID           65533 /* the reported patch in flight (twinsync.c) */
 #define SUB_BATCH          32    /* filters per SUBSCRIBE */
 #define RENEW_DRAIN_MS     5000  /* token renewal: wait this long for PUBACKs at most */
 
@@ -370,6 +373,7 @@ static void go_down(hub_upstream *u, const char *reason, const char *detail)
 		           u->url.port, reason, detail ? ": " : "", detail ? detail : "",
 		           u->attempt + 1);
 	}
+	hub_twinsync_down(h);
 	u->wsi = NULL;
 	u->state = UP_BACKOFF;
 	u->reason = NULL;
@@ -502,6 +506,10 @@ static void pump(hub_upstream *u)
 
 static int on_puback(hub_upstream *u, uint16_t pid)
 {
+	if (pid == TWIN_PID) {
+		hub_twinsync_acked(u->h);
+		return 0;
+	}
 	if (pid == 0 || pid > u->window || u->slots[pid - 1].q == NULL) {
 		PERCH_DEBUG(LOG_MOD, "PUBACK %u for nothing in flight: ignored", pid);
 		return 0;
@@ -572,6 +580,32 @@ static perch_err subscribe_c2d(hub_upstream *u)
 	return err;
 }
 
+/* subscribe_link takes the twin answers, desired patches and method calls
+ * the parent has for this hub's identities (twinsync.c). */
+static perch_err subscribe_link(hub_upstream *u)
+{
+	perch_mqtt_filter f = {perch_slice_cstr("$edgehub/#"), 1};
+	perch_mqtt_packet sub = {
+	        .type = PERCH_MQTT_SUBSCRIBE,
+	        .subscribe = {.packet_id = LINK_SUB_PID, .count = 1, .entries = &f}};
+	return send_packet(u, &sub);
+}
+
+perch_err hub_upstream_link_send(hub *h, perch_slice topic, perch_slice payload, bool qos1)
+{
+	hub_upstream *u = h->upstream;
+	if (u == NULL || u->state != UP_UP || u->wsi == NULL)
+		return PERCH_ECLOSED;
+	perch_mqtt_publish pub = {
+	        .topic = topic, .payload = payload, .packet_id = qos1 ? TWIN_PID : 0, .qos = qos1};
+	uint8_t hdr[PERCH_MQTT_PUBLISH_HEADER_MAX];
+	size_t hl = 0;
+	perch_err err = perch_mqtt_encode_publish_header(&pub, hdr, sizeof hdr, &hl);
+	if (err == PERCH_OK)
+		err = tx_append(u, hdr, hl, payload.ptr, payload.len);
+	return err;
+}
+
 static void c2d_unlink(up_c2d *x)
 {
 	if (x->prev != NULL)
@@ -611,6 +645,17 @@ static int on_publish(hub_upstream *u, const perch_mqtt_publish *p)
 	perch_props props;
 	up_c2d *x = NULL;
 	const char *why = NULL;
+	if (p->qos <= 1 && perch_iothub_topic_parse(p->topic, &t, NULL) == PERCH_OK &&
+	    perch_iothub_is_link(t.kind)) {
+		/* Twins and methods: handled at once (what must be durable is in
+		 * twins.db before this returns). */
+		hub_twinsync_publish(u->h, &t, p->payload);
+		if (p->qos == 0)
+			return 0;
+		return send_ack(u, PERCH_MQTT_PUBACK, p->packet_id) == PERCH_OK
+		               ? 0
+		               : fail(u, "out of memory", NULL);
+	}
 	if (p->qos > 1)
 		why = "QoS 2 (the link subscribes with QoS 1)";
 	else if (perch_iothub_topic_parse(p->topic, &t, NULL) != PERCH_OK ||
@@ -676,12 +721,22 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 		PERCH_NOTICE(LOG_MOD, "link to %s:%d up as %s (session %s, window %zu)",
 		             u->url.host, u->url.port, u->h->ids.device_id,
 		             pkt->connack.session_present ? "resumed" : "new", u->window);
-		if (subscribe_c2d(u) != PERCH_OK)
+		if (subscribe_c2d(u) != PERCH_OK || subscribe_link(u) != PERCH_OK)
 			return fail(u, "out of memory", NULL);
+		hub_twinsync_up(u->h);
 		pump(u);
 		return 0;
 	}
 	case PERCH_MQTT_SUBACK: {
+		if (pkt->suback.packet_id == LINK_SUB_PID) {
+			if (pkt->suback.count > 0 && pkt->suback.codes[0] == 0x80)
+				PERCH_WARN(
+				        LOG_MOD,
+				        "the parent refused $edgehub/#: twins and direct methods "
+				        "are not synced over this link (is this device registered "
+				        "there with \"edge\": true?)");
+			return 0;
+		}
 		size_t refused = 0;
 		for (size_t i = 0; i < pkt->suback.count; i++)
 			refused += pkt->suback.codes[i] == 0x80;
@@ -1042,8 +1097,8 @@ perch_err hub_upstream_open(hub *h)
 	snprintf(u->hostname, sizeof u->hostname, "%s",
 	         h->cfg.upstream_hostname ? h->cfg.upstream_hostname : u->url.host);
 	u->window = (size_t)h->cfg.upstream_window;
-	if (u->window >= SUB_PID)
-		u->window = SUB_PID - 1; /* SUB_PID is the SUBSCRIBE's */
+	if (u->window >= TWIN_PID)
+		u->window = TWIN_PID - 1; /* the ids above are the SUBSCRIBEs' and twinsync's */
 	u->slots = perch_calloc(u->window, sizeof *u->slots);
 	u->free_ids = perch_calloc(u->window, sizeof *u->free_ids);
 	if (u->slots == NULL || u->free_ids == NULL) {
@@ -1084,6 +1139,13 @@ perch_err hub_upstream_open(hub *h)
 		perch_free(u);
 		return PERCH_EIO;
 	}
+	if (hub_twinsync_open(h) != PERCH_OK) {
+		hub_up_tls_free(u->tls);
+		perch_free(u->slots);
+		perch_free(u->free_ids);
+		perch_free(u);
+		return PERCH_ENOMEM;
+	}
 	h->upstream = u;
 	u->st.configured = true;
 	u->st.first_forward_ms = -1;
@@ -1109,6 +1171,7 @@ void hub_upstream_close(hub *h)
 		return;
 	if (h->ctx != NULL)
 		lws_sul_cancel(&u->sul);
+	hub_twinsync_close(h);
 	h->upstream = NULL;
 	while (u->c2d != NULL) {
 		up_c2d *x = u->c2d;

@@ -21,6 +21,9 @@
 #include <stdint.h>
 
 #include "perch/err.h"
+#include "perch/slice.h"
+
+struct hub;
 
 #define HUB_UPSTREAM_PRIOS    10  /* u/0 .. u/9; 0 is the highest */
 #define HUB_UPSTREAM_MAX_HOST 255 /* bytes of a host name in the URL */
@@ -64,6 +67,15 @@ int64_t hub_upstream_backoff_ms(uint32_t attempt, int64_t first_ms, int64_t max_
  * into out (cap bytes, NUL-terminated); PERCH_ETOOBIG when it does not fit. */
 PERCH_MUST_USE perch_err hub_upstream_username(const char *hostname, const char *device, char *out,
                                                size_t cap);
+
+/*
+ * hub_upstream_link_send sends one PUBLISH on the link (twinsync.c): QoS 1
+ * with the packet id kept for the one reported patch in flight (its PUBACK
+ * calls hub_twinsync_acked), or QoS 0. PERCH_ECLOSED when the link is not
+ * up; PERCH_ENOMEM; encoder errors.
+ */
+PERCH_MUST_USE perch_err hub_upstream_link_send(struct hub *h, perch_slice topic,
+                                                perch_slice payload, bool qos1);
 
 /* What /metrics shows of the link (metrics.c). */
 typedef struct hub_upstream_stats {

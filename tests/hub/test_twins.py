@@ -556,8 +556,14 @@ def test_method_endpoint_refusals(twhub):
     call.wait()
     assert call.result[0] == 504
     conn = http.client.HTTPConnection(h.HOST, b.ports["ws"], timeout=5)
-    conn.request("GET", "/twins/gw1")
+    conn.request("GET", "/twins/gw1/nothing")
     assert conn.getresponse().status == 404
+    conn.close()
+    # reading a twin over REST needs the edge device's token
+    conn = http.client.HTTPConnection(h.HOST, b.ports["ws"], timeout=5)
+    conn.request("GET", "/twins/gw1")
+    assert conn.getresponse().status == 401
+    conn.close()
     # MQTT over WebSocket still works on the same listener
     w = Mod(b, "sensor", transport="ws")
     assert w.get()["reported"] == {"$version": 1}
