@@ -55,7 +55,8 @@ typedef struct hub_settings {
 	int64_t upstream_keepalive_ms; /* MQTT keepalive; a dead link is noticed within it */
 	int64_t upstream_window;       /* unacknowledged publishes in flight */
 	int64_t upstream_backoff_first_ms;  /* first retry after a loss */
-	int64_t upstream_backoff_max_ms;    /* cap of the exponential backoff */
+	int64_t upstream_backoff_max_ms;    /* cap of the backoff: the parent unreachable */
+	int64_t upstream_refused_max_ms;    /* cap of the backoff: the parent refused */
 	int64_t upstream_token_lifetime_ms; /* SAS token lifetime; renewed at 80% */
 	int upstream_full_policy;           /* 0 refuse, 1 drop_oldest */
 	perch_device_settings device;

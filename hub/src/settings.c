@@ -76,8 +76,14 @@ const perch_cfg_key hub_settings_table[] = {
         {"hub.upstream.backoff_first", PERCH_CFG_DURATION, 10, 60000, "200ms",
          F(upstream_backoff_first_ms), NULL,
          "first reconnect delay; doubles per failed attempt, jittered to [d/2, d]"},
-        {"hub.upstream.backoff_max", PERCH_CFG_DURATION, 100, 300000, "10s",
-         F(upstream_backoff_max_ms), NULL, "longest reconnect delay"},
+        {"hub.upstream.backoff_max", PERCH_CFG_DURATION, 100, 300000, "500ms",
+         F(upstream_backoff_max_ms), NULL,
+         "longest reconnect delay while the parent is unreachable (connection refused or "
+         "timed out, closed before CONNACK): draining starts this soon after it returns"},
+        {"hub.upstream.refused_backoff_max", PERCH_CFG_DURATION, 1000, 3600000, "60s",
+         F(upstream_refused_max_ms), NULL,
+         "longest reconnect delay after the parent refused (CONNACK 1-5, its TLS "
+         "certificate does not verify); from twice hub.upstream.backoff_max, doubling"},
         {"hub.upstream.token_lifetime", PERCH_CFG_DURATION, 10000, 86400000, "1h",
          F(upstream_token_lifetime_ms), NULL,
          "lifetime of the link's SAS token; the link reconnects with a new one at 80%"},

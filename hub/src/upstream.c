@@ -52,6 +52,7 @@
 #define TWIN_PID           65533 /* the reported patch in flight (twinsync.c) */
 #define SUB_BATCH          32    /* filters per SUBSCRIBE */
 #define RENEW_DRAIN_MS     5000  /* token renewal: wait this long for PUBACKs at most */
+#define LOG_EVERY_MS       60000 /* an outage's "still cannot connect" lines, at most */
 
 /* --- pure parts ---------------------------------------------------------------- */
 
@@ -164,17 +165,19 @@ perch_err hub_upstream_parse_url(const char *url, hub_upstream_url *out, const c
 	return PERCH_OK;
 }
 
-int64_t hub_upstream_backoff_ms(uint32_t attempt, int64_t first_ms, int64_t max_ms, uint32_t r)
+int64_t hub_upstream_backoff_ms(const hub_upstream_backoff *b, hub_upstream_failure kind,
+                                uint32_t n, uint32_t r)
 {
-	if (first_ms < 1)
-		first_ms = 1;
-	if (max_ms < first_ms)
-		max_ms = first_ms;
-	int64_t d = first_ms;
-	for (uint32_t i = 0; i < attempt && d < max_ms; i++)
-		d *= 2;
-	if (d > max_ms)
-		d = max_ms;
+	int64_t first = b->first_ms < 1 ? 1 : b->first_ms;
+	int64_t max = b->max_ms < first ? first : b->max_ms;
+	int64_t cap = max;
+	if (kind == HUB_UP_REFUSED) {
+		cap = b->refused_max_ms < max ? max : b->refused_max_ms;
+		first = max > cap / 2 ? cap : max * 2;
+	}
+	int64_t d = first;
+	for (uint32_t i = 0; i < n && d < cap; i++)
+		d = d > cap / 2 ? cap : d * 2;
 	int64_t half = d / 2;
 	return half + (int64_t)(r % (uint64_t)(d - half + 1));
 }
@@ -238,6 +241,15 @@ typedef struct hub_upstream {
 	const char *reason; /* why the current connection is ending (static) */
 	char detail[320];
 	bool was_up; /* the last connection reached UP */
+	/* The kind of failure (backoff) and the outage's log lines (note_failure). */
+	uint32_t refusals;                /* attempts since the last success the parent refused */
+	bool refused;                     /* the current connection ends in a refusal */
+	int64_t down_ms;                  /* the link was lost or the hub started (monotonic) */
+	uint32_t failed;                  /* failed attempts since then */
+	int64_t logged_ms;                /* the last "cannot connect" line */
+	uint32_t unlogged;                /* failed attempts since that line */
+	hub_upstream_failure logged_kind; /* what that line was about */
+	char logged_detail[96];           /* and its detail (a refusal's, else "") */
 	hub_upstream_stats st;
 	uint64_t link_gen; /* counts connections: a late C2D answer is for the one it came on */
 	up_c2d *c2d;       /* C2D messages from the parent not yet durable here */
@@ -343,6 +355,81 @@ static void release_inflight(hub_upstream *u)
 	}
 }
 
+/* fmt_duration writes ms for a log line: "0.37 s", "42 s", "5m03s", "2h07m", "3d04h". */
+static void fmt_duration(char *out, size_t cap, int64_t ms)
+{
+	long long s = (long long)((ms < 0 ? 0 : ms) + 500) / 1000;
+	if (ms < 10000)
+		snprintf(out, cap, "%.2f s", (double)(ms < 0 ? 0 : ms) / 1000.0);
+	else if (s < 120)
+		snprintf(out, cap, "%lld s", s);
+	else if (s < 7200)
+		snprintf(out, cap, "%lldm%02llds", s / 60, s % 60);
+	else if (s < 172800)
+		snprintf(out, cap, "%lldh%02lldm", s / 3600, s / 60 % 60);
+	else
+		snprintf(out, cap, "%lldd%02lldh", s / 86400, s / 3600 % 24);
+}
+
+/* backoff_of is the configured hub.upstream.backoff_* delays. */
+static hub_upstream_backoff backoff_of(const hub *h)
+{
+	return (hub_upstream_backoff){.first_ms = h->cfg.upstream_backoff_first_ms,
+	                              .max_ms = h->cfg.upstream_backoff_max_ms,
+	                              .refused_max_ms = h->cfg.upstream_refused_max_ms};
+}
+
+/* note_failure counts a failed connection attempt and logs it without
+ * flooding the journal while the parent stays away (an attempt every
+ * 0.5 s): the first of an outage, and one of another kind than the last
+ * line's, at once; the rest as one line a minute (LOG_EVERY_MS) with their
+ * number. wait is the delay before the next attempt. */
+static void note_failure(hub_upstream *u, hub_upstream_failure kind, const char *reason,
+                         const char *detail, int64_t wait)
+{
+	int64_t now = hub_now_ms();
+	u->failed++;
+	u->unlogged++;
+	/* A refusal's detail (CONNACK 4 -> 5) is news; an unreachable parent's
+	 * (refused, reset, timed out) may change at every attempt. */
+	const char *why = kind == HUB_UP_REFUSED && detail != NULL ? detail : "";
+	bool at_once = u->failed == 1 || kind != u->logged_kind ||
+	               strncmp(why, u->logged_detail, sizeof u->logged_detail - 1) != 0;
+	if (!at_once && now - u->logged_ms < LOG_EVERY_MS)
+		return;
+	hub_upstream_backoff b = backoff_of(u->h);
+	char next[32], cap[32], then[160];
+	fmt_duration(next, sizeof next, wait);
+	if (kind == HUB_UP_REFUSED) {
+		fmt_duration(cap, sizeof cap,
+		             b.refused_max_ms > b.max_ms ? b.refused_max_ms : b.max_ms);
+		snprintf(then, sizeof then,
+		         "the parent refused: next attempt in %s, backing off up to %s", next, cap);
+	} else {
+		fmt_duration(cap, sizeof cap, b.max_ms);
+		snprintf(then, sizeof then, "next attempt in %s, then at least every %s%s", next,
+		         cap, at_once ? "; a line a minute while it lasts" : "");
+	}
+	if (at_once) {
+		PERCH_WARN(LOG_MOD, "cannot connect to %s:%d: %s%s%s (attempt %u; %s)", u->url.host,
+		           u->url.port, reason, detail ? ": " : "", detail ? detail : "", u->failed,
+		           then);
+	} else {
+		char span[32], down[32];
+		fmt_duration(span, sizeof span, now - u->logged_ms);
+		fmt_duration(down, sizeof down, now - u->down_ms);
+		PERCH_WARN(LOG_MOD,
+		           "still cannot connect to %s:%d after %u attempt%s in %s: %s%s%s "
+		           "(down %s, %u attempts; %s)",
+		           u->url.host, u->url.port, u->unlogged, u->unlogged == 1 ? "" : "s", span,
+		           reason, detail ? ": " : "", detail ? detail : "", down, u->failed, then);
+	}
+	u->logged_ms = now;
+	u->unlogged = 0;
+	u->logged_kind = kind;
+	snprintf(u->logged_detail, sizeof u->logged_detail, "%s", why);
+}
+
 /* go_down ends the current connection's bookkeeping and schedules the next
  * attempt. Called once per connection, when lws reports it closed (or
  * failed to open). */
@@ -350,15 +437,31 @@ static void go_down(hub_upstream *u, const char *reason, const char *detail)
 {
 	hub *h = u->h;
 	bool renewal = u->closing_for_renewal;
+	bool failed = u->state != UP_UP && u->state != UP_BACKOFF;
+	hub_upstream_failure kind = failed && u->refused ? HUB_UP_REFUSED : HUB_UP_UNREACHABLE;
 	if (u->reason != NULL) {
 		reason = u->reason;
 		detail = u->detail[0] ? u->detail : NULL;
+	}
+	int64_t wait = 0;
+	if (!renewal) {
+		uint32_t r = 0;
+		if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+			r = (uint32_t)hub_now_ms();
+		hub_upstream_backoff b = backoff_of(h);
+		wait = hub_upstream_backoff_ms(
+		        &b, kind, kind == HUB_UP_REFUSED ? u->refusals : u->attempt, r);
+		u->attempt++;
+		if (kind == HUB_UP_REFUSED)
+			u->refusals++;
 	}
 	if (u->state == UP_UP) {
 		u->st.up = false;
 		u->st.reconnects++;
 		u->st.down_since_ms = wall_ms();
 		u->st.up_at_ms = 0;
+		u->down_ms = hub_now_ms();
+		u->failed = u->unlogged = 0;
 		if (renewal)
 			PERCH_INFO(LOG_MOD, "link to %s down: %s; reconnecting with a new token",
 			           u->url.host, reason);
@@ -368,29 +471,19 @@ static void go_down(hub_upstream *u, const char *reason, const char *detail)
 			             "go out again when it returns",
 			             u->url.host, u->url.port, reason, detail ? ": " : "",
 			             detail ? detail : "", (size_t)u->st.inflight);
-	} else if (u->state != UP_BACKOFF) {
-		PERCH_WARN(LOG_MOD, "cannot connect to %s:%d: %s%s%s (attempt %u)", u->url.host,
-		           u->url.port, reason, detail ? ": " : "", detail ? detail : "",
-		           u->attempt + 1);
+	} else if (failed) {
+		note_failure(u, kind, reason, detail, wait);
 	}
 	hub_twinsync_down(h);
 	u->wsi = NULL;
 	u->state = UP_BACKOFF;
 	u->reason = NULL;
 	u->detail[0] = '\0';
+	u->refused = false;
 	u->closing_for_renewal = false;
 	perch_mqtt_decoder_fini(&u->dec);
 	u->tx_head = u->tx_len = LWS_PRE;
 	release_inflight(u);
-	int64_t wait = 0;
-	if (!renewal) {
-		uint32_t r = 0;
-		if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-			r = (uint32_t)hub_now_ms();
-		wait = hub_upstream_backoff_ms(u->attempt, h->cfg.upstream_backoff_first_ms,
-		                               h->cfg.upstream_backoff_max_ms, r);
-		u->attempt++;
-	}
 	u->next_try_ms = hub_now_ms() + wait;
 	if (!h->stopping)
 		arm(u, wait);
@@ -404,6 +497,15 @@ static int fail(hub_upstream *u, const char *reason, const char *detail)
 		snprintf(u->detail, sizeof u->detail, "%s", detail ? detail : "");
 	}
 	return -1;
+}
+
+/* fail_refused is fail for a connection the parent answered and refused:
+ * the next attempt backs off towards hub.upstream.refused_backoff_max. */
+static int fail_refused(hub_upstream *u, const char *reason, const char *detail)
+{
+	if (u->reason == NULL)
+		u->refused = true;
+	return fail(u, reason, detail);
 }
 
 static perch_err send_connect(hub_upstream *u)
@@ -708,7 +810,7 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 				u->st.refused[rc]++;
 			char d[160];
 			snprintf(d, sizeof d, "CONNACK %u, %s", rc, connack_text(rc));
-			return fail(u, "refused by the parent", d);
+			return fail_refused(u, "refused by the parent", d);
 		}
 		u->state = UP_UP;
 		u->attempt = 0;
@@ -718,9 +820,15 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 		u->up_since_ms = hub_now_ms();
 		u->first_acked = false;
 		u->was_up = true;
-		PERCH_NOTICE(LOG_MOD, "link to %s:%d up as %s (session %s, window %zu)",
+		char down[32];
+		fmt_duration(down, sizeof down, u->up_since_ms - u->down_ms);
+		PERCH_NOTICE(LOG_MOD,
+		             "link to %s:%d up as %s (session %s, window %zu) after %s down, "
+		             "%u attempt%s",
 		             u->url.host, u->url.port, u->h->ids.device_id,
-		             pkt->connack.session_present ? "resumed" : "new", u->window);
+		             pkt->connack.session_present ? "resumed" : "new", u->window, down,
+		             u->failed + 1, u->failed == 0 ? "" : "s");
+		u->refusals = u->failed = u->unlogged = 0;
 		if (subscribe_c2d(u) != PERCH_OK || subscribe_link(u) != PERCH_OK)
 			return fail(u, "out of memory", NULL);
 		hub_twinsync_up(u->h);
@@ -862,6 +970,11 @@ static int cb_link(struct lws *wsi, enum lws_callback_reasons reason, void *user
 			                   "hub.upstream.ca and name "
 			                 : "",
 			         tls_err ? u->url.host : "", tls_err ? ")" : "");
+			/* SSL_ERROR_SSL (1) or a certificate lws rejected: the parent's TLS
+			 * answered, and not as it must; anything else is I/O. */
+			if (u->reason == NULL)
+				u->refused = strstr(text, "SSL err 1:") != NULL ||
+				             strstr(text, "cert didn't look good") != NULL;
 			go_down(u, "connection failed", d[0] ? d : NULL);
 		}
 		return 0;
@@ -883,6 +996,7 @@ static int do_handshake(hub_upstream *u, struct lws *wsi)
 	case HUB_UP_TLS_WANT_READ: return 0;
 	case HUB_UP_TLS_WANT_WRITE: lws_callback_on_writable(wsi); return 0;
 	case HUB_UP_TLS_ERROR: return fail(u, "connection failed", why);
+	case HUB_UP_TLS_REFUSED: return fail_refused(u, "connection failed", why);
 	case HUB_UP_TLS_OK: break;
 	}
 	u->phase = TLS_DATA;
@@ -1150,6 +1264,7 @@ perch_err hub_upstream_open(hub *h)
 	u->st.configured = true;
 	u->st.first_forward_ms = -1;
 	u->st.down_since_ms = wall_ms();
+	u->down_ms = hub_now_ms();
 	u->tx_head = u->tx_len = LWS_PRE;
 	release_inflight(u);
 	if (!tls)

@@ -8,7 +8,8 @@
  * a window of unacknowledged QoS 1 publishes in flight; an entry leaves its
  * queue only at the parent's PUBACK, and whatever was in flight when the
  * link dropped is sent again (DUP) in order when it returns. Reconnects use
- * a short first retry and jittered exponential backoff with a cap.
+ * a short first retry and jittered exponential backoff with a short cap
+ * while the parent is unreachable and a long one after it refused.
  *
  * The pure parts (URL parsing, backoff, user name) are exposed for
  * upstream_test.c. Everything else runs on the hub's loop thread.
@@ -56,12 +57,37 @@ PERCH_MUST_USE perch_err hub_upstream_parse_url(const char *url, hub_upstream_ur
 bool hub_upstream_tls(hub_upstream_scheme s);
 
 /*
- * hub_upstream_backoff_ms is the wait before connection attempt number
- * attempt (0: the first retry after a loss): first_ms doubled per attempt,
- * capped at max_ms, then jittered into [d/2, d] by r (any 32-bit random
- * number). Pure; any thread.
+ * The two kinds of failed connection attempt (docs/hub.md "Outages",
+ * "Refusals"). An unreachable parent costs nothing to try again soon; one
+ * that answered and refused is not hammered.
  */
-int64_t hub_upstream_backoff_ms(uint32_t attempt, int64_t first_ms, int64_t max_ms, uint32_t r);
+typedef enum hub_upstream_failure {
+	HUB_UP_UNREACHABLE = 0, /* TCP refused, unreachable or timed out; closed or reset
+	                           before CONNACK; a TLS handshake cut short (I/O) */
+	HUB_UP_REFUSED,         /* CONNACK 1..5; the parent's TLS certificate does not
+	                           verify or name the host, or another TLS failure it sent */
+} hub_upstream_failure;
+
+/* The reconnect delays: hub.upstream.backoff_first, backoff_max and
+ * refused_backoff_max. */
+typedef struct hub_upstream_backoff {
+	int64_t first_ms;       /* the first retry after a loss */
+	int64_t max_ms;         /* cap while the parent is unreachable */
+	int64_t refused_max_ms; /* cap after refusals */
+} hub_upstream_backoff;
+
+/*
+ * hub_upstream_backoff_ms is the wait before the next connection attempt
+ * after a failure of the given kind. Unreachable (or the link lost): n is
+ * the number of attempts since the link was last up (0: the first retry
+ * after a loss), d is first_ms doubled n times, capped at max_ms. Refused:
+ * n is the number of refusals before this one since the link was last up,
+ * d is twice max_ms doubled n times, capped at refused_max_ms (a refusal
+ * never waits less than an unreachable parent would). Then d is jittered
+ * into [d/2, d] by r (any 32-bit random number). Pure; any thread.
+ */
+int64_t hub_upstream_backoff_ms(const hub_upstream_backoff *b, hub_upstream_failure kind,
+                                uint32_t n, uint32_t r);
 
 /* hub_upstream_username writes "{hostname}/{device}/?api-version=2018-06-30"
  * into out (cap bytes, NUL-terminated); PERCH_ETOOBIG when it does not fit. */

@@ -239,14 +239,16 @@ hub_up_tls_io hub_up_tls_handshake(hub_up_tls *t, char *why, size_t cap)
 			errtext(rc, e, sizeof e);
 			snprintf(why, cap, "TLS handshake failed: %s", e);
 		}
-		return HUB_UP_TLS_ERROR;
+		bool io = rc == MBEDTLS_ERR_NET_SEND_FAILED || rc == MBEDTLS_ERR_NET_RECV_FAILED ||
+		          rc == MBEDTLS_ERR_NET_CONN_RESET || rc == MBEDTLS_ERR_SSL_CONN_EOF;
+		return io ? HUB_UP_TLS_ERROR : HUB_UP_TLS_REFUSED;
 	}
 	if (t->ip && !ip_named(t)) {
 		snprintf(why, cap,
 		         "TLS: the parent's certificate does not name %s (no such IP address "
 		         "subjectAltName)",
 		         t->host);
-		return HUB_UP_TLS_ERROR;
+		return HUB_UP_TLS_REFUSED;
 	}
 	return HUB_UP_TLS_OK;
 }

@@ -20,7 +20,9 @@ typedef enum hub_up_tls_io {
 	HUB_UP_TLS_OK = 0,
 	HUB_UP_TLS_WANT_READ,
 	HUB_UP_TLS_WANT_WRITE,
-	HUB_UP_TLS_ERROR,
+	HUB_UP_TLS_ERROR,   /* I/O: the connection failed or was cut */
+	HUB_UP_TLS_REFUSED, /* the parent answered, and not as it must: its certificate
+	                       does not verify or name the host, an alert, bad records */
 } hub_up_tls_io;
 
 #define HUB_UP_TLS_AGAIN  (-1L) /* read/write: try again when the socket is ready */
@@ -41,8 +43,9 @@ int hub_up_tls_connect(hub_up_tls *t, int port, char *why, size_t cap);
 /* hub_up_tls_connected: the socket became writeable; 0 when the TCP
  * connection is up (TLS set up), -1 with why otherwise. */
 int hub_up_tls_connected(hub_up_tls *t, char *why, size_t cap);
-/* hub_up_tls_handshake advances the handshake; on HUB_UP_TLS_ERROR why
- * names the reason (certificate verification, host name, protocol). */
+/* hub_up_tls_handshake advances the handshake; on HUB_UP_TLS_ERROR (I/O)
+ * and HUB_UP_TLS_REFUSED (certificate verification, host name, protocol)
+ * why names the reason. */
 hub_up_tls_io hub_up_tls_handshake(hub_up_tls *t, char *why, size_t cap);
 /* Bytes read or written (> 0, or >= 0 for write), HUB_UP_TLS_AGAIN or
  * HUB_UP_TLS_CLOSED. */

@@ -2,27 +2,35 @@
 """tests/bench/upstream_bench.py — perch-hub's upstream link, hub to hub: how
 fast a backlog drains after an outage and how soon the first message goes.
 
-    upstream_bench.py [--smoke] [--count N]
+    upstream_bench.py [--smoke] [--count N] [--window W] [--samples S] [--outage SECONDS]
 
 A parent hub (device site, the child registered with "edge": true, a route
 FROM /messages/* INTO $upstream so every forwarded message is committed to
 its store) and a child hub (device gw1, FROM /messages/* INTO $upstream,
-hub.upstream.url to the parent). With the parent not running, a producer
-module publishes N QoS 1 messages of 256 bytes to the child (pipelined; each
-acknowledged once durable). Then the parent starts, and from the child's
-/metrics (polled every 10 ms):
+hub.upstream.url to the parent, the reconnect backoff at its defaults). With
+the parent not running, a producer module publishes N QoS 1 messages of 256
+bytes to the child (pipelined; each acknowledged once durable). Then the
+parent starts, and from the child's /metrics (polled every 10 ms):
 
   first forward after link up  the child's perch_hub_upstream_first_forward_seconds:
                                CONNACK to the first PUBACK
   first forward after parent   parent ready (its "perch-hub ready" line) to the first
   ready                        message acknowledged; includes the child's reconnect
-                               backoff (hub.upstream.backoff_max=1s here)
+                               backoff
   drain rate                   N / (time of the last PUBACK - time of the first)
+
+Then the worst case a user sees after a long outage, S times: the parent is
+stopped for SECONDS (16 by default: far longer than the child's backoff
+needs to reach its cap, hub.upstream.backoff_max), one message is queued at
+the child, the parent starts, and the time from its ready line to the
+child's first forward is taken (median and max), with the child's
+connection attempts per second while the parent was away.
 
 It reports (a Markdown table on stdout and in $O/bench/upstream.md); it does
 not judge. Exit status non-zero only when the harness could not run or a
 message was lost (the parent's queue must hold N at the end). --smoke: N =
-2,000 (CI). Only loopback; only processes this script started are signalled.
+2,000, one outage of 3 s (CI). Only loopback; only processes this script
+started are signalled.
 """
 import argparse
 import json
@@ -32,6 +40,7 @@ import socket
 import sys
 import tempfile
 import time
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "hub"))
@@ -84,13 +93,55 @@ def produce(port, n, payload_len=256, window=2000):
     c.disconnect()
 
 
+def long_outages(parent, child, samples, outage):
+    """The parent away for outage seconds, samples times: returns the seconds
+    from its ready line to the child's next forward, the child's CONNACK to
+    first PUBACK, and its connection attempts per second while it was away."""
+    waits, links, rates = [], [], []
+    for i in range(samples):
+        m = child.metrics()
+        fwd0 = h.metric_sum(m, "perch_hub_upstream_forwarded_total")
+        parent.stop()
+        h.wait_until(lambda: h.metric_sum(child.metrics(), "perch_hub_upstream_connected") == 0,
+                     30, what="the child's link down")
+        t_down = time.monotonic()
+        tries0 = h.metric_sum(child.metrics(), "perch_hub_upstream_connects_total")
+        produce(child.ports["mqtt"], 1)
+        time.sleep(max(0.0, t_down + outage - time.monotonic()))
+        tries = h.metric_sum(child.metrics(), "perch_hub_upstream_connects_total") - tries0
+        rates.append(tries / (time.monotonic() - t_down))
+        parent.start(wait=False)
+        t_ready = t_first = None
+        end = time.monotonic() + 60
+        while t_first is None or t_ready is None:
+            assert time.monotonic() < end, "no forward within 60 s\n" + child.log_tail(10)
+            now = time.monotonic()
+            if t_ready is None and "perch-hub ready" in parent.log_since_start():
+                t_ready = now
+            if t_first is None and \
+                    h.metric_sum(child.metrics(), "perch_hub_upstream_forwarded_total") > fwd0:
+                t_first = now
+            time.sleep(0.01)
+        parent.wait_ready()
+        waits.append(t_first - t_ready)
+        links.append(h.metric_sum(child.metrics(), "perch_hub_upstream_first_forward_seconds"))
+        print(f"outage {i + 1}/{samples}: {outage:.0f} s, {tries:.0f} attempts; first forward "
+              f"{(t_first - t_ready) * 1000:.0f} ms after the parent was ready", file=sys.stderr)
+    return waits, links, rates
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--count", type=int, default=0)
     ap.add_argument("--window", type=int, default=0, help="hub.upstream.window (default: the hub's)")
+    ap.add_argument("--samples", type=int, default=0, help="long outages to time (5; 1 with --smoke)")
+    ap.add_argument("--outage", type=float, default=0,
+                    help="seconds each long outage lasts (16; 3 with --smoke)")
     args = ap.parse_args()
     n = args.count or (2000 if args.smoke else 100000)
+    samples = args.samples or (1 if args.smoke else 5)
+    outage = min(args.outage or (3 if args.smoke else 16), 300)
     out_dir = os.path.join(h.O if os.path.isabs(h.O) else os.path.join(h.ROOT, h.O), "bench")
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="perch-upbench-")
@@ -119,8 +170,7 @@ def main():
                                      "--set", f"device.key_file={ck}",
                                      "--set", f"device.hub_deployment={cd}",
                                      "--upstream", f"mqtt://127.0.0.1:{parent.ports['mqtt']}",
-                                     "--set", f"hub.upstream.hostname={PARENT_HOST}",
-                                     "--set", "hub.upstream.backoff_max=1s"]
+                                     "--set", f"hub.upstream.hostname={PARENT_HOST}"]
                          + (["--set", f"hub.upstream.window={args.window}"] if args.window else []))
         brokers = [parent, child]
         child.start()
@@ -151,15 +201,25 @@ def main():
             h.metric_sum(pm, "perch_hub_queue_messages")
         assert pdepth is not None and pdepth >= n, f"parent holds {pdepth}, want {n}"
         drain_s = max(t_last - t_first, 1e-3)
+        resent = h.metric_sum(m, "perch_hub_upstream_resent_total")
+        waits, links, rates = long_outages(parent, child, samples, outage)
         rows = [
             ("messages (256-byte payloads)", f"{n}"),
             ("window (publishes in flight)", f"{args.window or 1024} (hub.upstream.window)"),
             ("queued at the child (producer, pipelined)", f"{t_produce:.2f} s ({n / t_produce:,.0f} msg/s)"),
             ("first forward after link up (CONNACK to first PUBACK)", f"{ff_link * 1000:.0f} ms"),
-            ("first forward after the parent is ready (includes reconnect backoff, cap 1 s)",
+            (f"first forward after the parent is ready (outage {t_ready - t0:.1f} s while queueing)",
              f"{(t_first - t_ready) * 1000:.0f} ms (10 ms polling)"),
             ("drain rate, hub to hub, parent committing each message", f"{n / drain_s:,.0f} msg/s ({drain_s:.2f} s)"),
-            ("duplicates at the parent (resent with DUP)", f"{h.metric_sum(m, 'perch_hub_upstream_resent_total'):.0f}"),
+            ("duplicates at the parent (resent with DUP)", f"{resent:.0f}"),
+            (f"first forward after the parent is ready, after an outage of {outage:.0f} s "
+             f"({samples} sample{'s' if samples > 1 else ''}, default backoff)",
+             f"median {median(waits) * 1000:.0f} ms, max {max(waits) * 1000:.0f} ms "
+             f"({', '.join(f'{w * 1000:.0f}' for w in waits)} ms; 10 ms polling)"),
+            ("of which CONNACK to first PUBACK", f"median {median(links) * 1000:.0f} ms, "
+             f"max {max(links) * 1000:.0f} ms"),
+            ("the child's connection attempts while the parent was away",
+             f"{median(rates):.1f} per second (median)"),
         ]
         md = ["| upstream link | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
         text = "\n".join(md) + "\n"

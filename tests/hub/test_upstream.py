@@ -7,7 +7,8 @@ module, a raw MQTT client that records what arrives. Checked: every number
 the producer had acknowledged arrives, in order per priority, across a
 parent that is stopped and started, a kill -9 of the child while it drains,
 priorities, TLS verified against hub.upstream.ca (and a wrong CA refused),
-a wrong device key refused with backoff, a child that publishes for a
+a wrong device key refused with backoff, refusals backing off long and
+an outage logged once (not per attempt), a child that publishes for a
 device it does not speak for refused, the link flapping through faultproxy
 (cut, reset, a PUBLISH cut in half, a dead path, a stall), token renewal, and
 expired messages dropped, never sent. Duplicates are counted and printed."""
@@ -299,6 +300,74 @@ def test_wrong_key_refused_with_backoff(make_broker, workdir):
     os.kill(pair.parent.pid, 1)
     assert pair.child.wait_log(r"refused by the parent: CONNACK 5", timeout=15), \
         pair.child.log_tail(10)
+
+
+def test_refusals_back_off_long(make_broker, workdir):
+    """A parent that answers and refuses (CONNACK 5: this device is not registered
+    there; then 4: a wrong key) is not hammered: each refusal is classified as one
+    and retried after hub.upstream.backoff_max at the least, backing off to
+    hub.upstream.refused_backoff_max; a new refusal code is logged at once."""
+    pair = Pair(make_broker, workdir, leaves={"someone": {"primaryKey": DEVKEY}},
+                child_args=["--set", "hub.upstream.backoff_max=500ms"])
+    child = pair.child
+    line = child.wait_log(r"refused by the parent: CONNACK 5", timeout=15)
+    assert line, child.log_tail(10)
+    print(f"\n[CONNACK 5] {line}")
+    m = re.search(r"\(attempt 1; the parent refused: next attempt in ([\d.]+) s, "
+                  r"backing off up to 60 s\)", line)
+    assert m, line
+    assert float(m.group(1)) >= 0.5, line  # never sooner than hub.upstream.backoff_max
+    h.wait_until(lambda: h.metric_sum(child.metrics(), "perch_hub_upstream_refused_total",
+                                      code="5") >= 3, 30, what="three refusals")
+    m = child.metrics()
+    assert h.metric_sum(m, "perch_hub_upstream_connected") == 0
+    # every attempt so far was refused (one may be under way); none taken for unreachable
+    refused = h.metric_sum(m, "perch_hub_upstream_refused_total", code="5")
+    assert h.metric_sum(m, "perch_hub_upstream_connects_total") - refused <= 1
+    assert "then at least every" not in child.log(), child.log_tail(10)
+    # registered now, with another key: CONNACK 4, logged at once (a new refusal)
+    mark = child.log_mark()
+    write_json(os.path.join(pair.dir, "parent-leaves.json"),
+               {DEV: {"primaryKey": "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTI=",
+                      "edge": True}}, private=True)
+    os.kill(pair.parent.pid, 1)
+    line = child.wait_log(r"refused by the parent: CONNACK 4", mark=mark, timeout=30)
+    assert line, child.log_tail(10)
+    m = re.search(r"\(attempt (\d+); the parent refused: next attempt in ([\d.]+) s", line)
+    assert m, line
+    # the k-th refusal waits 2 x backoff_max doubled k - 1 times, jittered into [d/2, d]
+    k, wait = int(m.group(1)), float(m.group(2))
+    assert k >= 4 and wait >= 0.5 * 2 ** (k - 1), line
+    assert h.metric_sum(pair.parent.metrics(), "perch_hub_auth_refused_total") >= 4
+
+
+def test_outage_not_logged_per_attempt(make_broker, workdir):
+    """While the parent is away the child tries at least every hub.upstream.backoff_max
+    (500 ms by default) but logs the first failure only (then a line a minute);
+    the line saying the link is back says how many attempts it took."""
+    pair = Pair(make_broker, workdir, child_args=["--set", "hub.upstream.backoff_max=500ms"])
+    child = pair.child
+    pair.wait_up()
+
+    def attempts():
+        return h.metric_sum(child.metrics(), "perch_hub_upstream_connects_total")
+
+    before = attempts()
+    mark = child.log_mark()
+    pair.parent.stop()
+    h.wait_until(lambda: attempts() - before >= 12, 60, interval=0.2,
+                 what="a dozen attempts while the parent is away\n" + child.log_tail(10))
+    lines = [x for x in child.log_since(mark).splitlines() if "cannot connect to" in x]
+    print(f"\n[outage] {attempts() - before:.0f} attempts, {len(lines)} lines: {lines}")
+    assert 1 <= len(lines) <= 2, lines
+    assert re.search(r"cannot connect to 127\.0\.0\.1:\d+: .*\(attempt 1; next attempt in "
+                     r"[\d.]+ s, then at least every 0\.50 s", lines[0]), lines[0]
+    pair.parent.start()
+    pair.wait_up()
+    line = child.wait_log(r"link to .* up as gw1 .* after .* down, \d+ attempts", mark=mark,
+                          timeout=10)
+    assert line, child.log_tail(10)
+    assert int(re.search(r"down, (\d+) attempts", line).group(1)) >= 12, line
 
 
 def test_child_cannot_speak_for_another_device(make_broker, workdir):
