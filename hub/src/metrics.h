@@ -33,7 +33,7 @@ typedef struct hub_metrics {
 	size_t ndrops;
 	hub_metrics_label auth[16]; /* CONNECTs refused, by hub_auth_reason */
 	size_t nauth;
-	hub_metrics_label twin[24]; /* "op:status" of twin answers, "desired_patch:result" */
+	hub_metrics_label twin[40]; /* "op:status" of twin answers, "desired_patch:result" */
 	size_t ntwin;
 	hub_metrics_label methods[16]; /* direct method calls by the invoker's answer */
 	size_t nmethods;

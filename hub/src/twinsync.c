@@ -211,6 +211,7 @@ static void pump(hub_twinsync *s)
 		s->inflight = e;
 		snprintf(s->inflight_name, sizeof s->inflight_name, "%s", slot->key);
 		s->patches_sent++;
+		hub_metrics_twin(s->h->metrics, "upstream_reported:sent");
 		PERCH_DEBUG(LOG_MOD, "%s: reported version %llu sent to the parent", slot->key,
 		            (unsigned long long)e->sending_version);
 		return;
@@ -285,6 +286,7 @@ void hub_twinsync_acked(hub *h)
 	e->sending = NULL;
 	e->synced_for = e->sending_version;
 	e->state = SYNC_IDLE;
+	hub_metrics_twin(h->metrics, "upstream_reported:204");
 	pump(s);
 }
 
@@ -341,6 +343,7 @@ static void on_twin_doc(hub_twinsync *s, const char *name, sync_entry *e, perch_
 	e->synced_for = 0;
 	e->state = SYNC_IDLE;
 	s->synced++;
+	hub_metrics_twin(s->h->metrics, "upstream_get:200");
 	json_decref(doc);
 }
 
@@ -485,6 +488,9 @@ void hub_twinsync_publish(hub *h, const perch_iothub_topic *t, perch_slice paylo
 			           name, t->status, (int)(payload.len > 300 ? 300 : payload.len),
 			           payload.ptr);
 			e->state = SYNC_FAILED;
+			char label[32];
+			snprintf(label, sizeof label, "upstream_get:%u", t->status);
+			hub_metrics_twin(h->metrics, label);
 			return;
 		}
 		on_twin_doc(s, name, e, payload);

@@ -100,6 +100,13 @@ def test_reported_desired_and_methods_over_the_link(make_broker, workdir):
     rep = wait_parent_reported(pair, f"{DEV}/producer", lambda r: r.get("fw") == "1.1",
                                "second reported patch at the parent")
     assert rep["temp"] == {"max": 40} and rep["$version"] == int(q["$version"]), rep
+    cm, pm = pair.child.metrics(), pair.parent.metrics()
+    assert h.metric_sum(cm, "perch_hub_twin_requests_total", op="upstream_reported",
+                        status="204") >= 2, cm
+    assert h.metric_sum(cm, "perch_hub_twin_requests_total", op="upstream_get",
+                        status="200") >= 1, cm
+    assert h.metric_sum(pm, "perch_hub_twin_requests_total", op="link_reported",
+                        status="204") >= 2, pm
 
     # desired: PATCHed at the parent, the module gets it as a patch
     before = m.get()["desired"]["$version"]
@@ -197,7 +204,6 @@ def test_offline_cache_and_sync_when_the_link_returns(make_broker, workdir):
     h.wait_until(lambda: m.get()["desired"].get("threshold") == 20, 10,
                  what="desired change made while offline\n" + pair.child.log_tail(15))
     assert m.get()["desired"]["new"] == "x"
-    assert h.metric_sum(pair.child.metrics(), "perch_hub_twin_requests_total") >= 0
 
     # kill -9 of the child: the parent's desired properties are kept (twins.db)
     pair.parent.stop()
