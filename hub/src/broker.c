@@ -681,6 +681,18 @@ static int publish(hub_broker *b, hub_conn *c, perch_slice topic, perch_slice pa
 	uint8_t q = qos > 1 ? 1 : qos;
 	hub_msg *m;
 	char stamped[PERCH_IOTHUB_MAX_TOPIC + 512];
+	/* $edgehub/... is the link protocol between a child hub and this one:
+	 * only iothub.c sends it, straight to a child's connection. Nobody
+	 * else's publish there (an anonymous client's, a will) is routed or
+	 * retained, or a child would take it for the parent's word. */
+	if (topic.len >= 9 && memcmp(topic.ptr, "$edgehub/", 9) == 0 &&
+	    (c == NULL || c->ident.kind == HUB_IDENT_ANONYMOUS)) {
+		hub_metrics_denied(b->h->metrics, "publish");
+		PERCH_WARN(LOG_MOD, "%s: publish to %.*s dropped: $edgehub/ is the upstream link's",
+		           c != NULL ? c->client_id : "a will",
+		           (int)(topic.len > 200 ? 200 : topic.len), topic.ptr);
+		return c != NULL ? ack_publish(c, qos, pid, false) : 0;
+	}
 	if (c != NULL && c->ident.kind != HUB_IDENT_ANONYMOUS) {
 		bool iothub = (topic.len > 8 && memcmp(topic.ptr, "$iothub/", 8) == 0) ||
 		              (topic.len > 9 && memcmp(topic.ptr, "$edgehub/", 9) == 0);

@@ -375,12 +375,13 @@ static bool under(perch_slice filter, const char *prefix)
 
 bool hub_authz_subscribe(const hub_identity *id, perch_slice filter)
 {
+	/* $edgehub/ carries twin answers, desired patches and method calls to
+	 * child edge hubs (the hub sends each only its identities'): only they
+	 * may subscribe there, anonymous clients included. */
+	if (filter.len >= 9 && memcmp(filter.ptr, "$edgehub/", 9) == 0)
+		return hub_identity_is_edge(id) && filter.len == 10 &&
+		       memcmp(filter.ptr, "$edgehub/#", 10) == 0;
 	if (id->kind == HUB_IDENT_ANONYMOUS)
-		return true;
-	/* A child edge hub takes the twin answers, desired patches and method
-	 * calls of its identities; the hub sends it only theirs. */
-	if (hub_identity_is_edge(id) && filter.len == 10 &&
-	    memcmp(filter.ptr, "$edgehub/#", 10) == 0)
 		return true;
 	if (under(filter, "$iothub/twin/res/") ||
 	    under(filter, "$iothub/twin/PATCH/properties/desired/") ||

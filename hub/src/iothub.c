@@ -40,6 +40,7 @@
 #define ERR_ARG_INVALID  400004u
 #define ERR_THROTTLED    429001u
 #define ERR_SERVER_ERROR 500001u
+#define MAX_CHILD_TWINS  1000 /* twins a child edge hub's link may make here */
 
 /* --- sending ------------------------------------------------------------------ */
 
@@ -326,8 +327,10 @@ static void link_error(hub_conn *c, const char *name, unsigned status, unsigned 
 /*
  * link_reported applies a reported patch a child sends for one of its
  * identities. The child owns that section: the version becomes the child's
- * ($rid is its reported $version). Stored before the broker's PUBACK; when
- * storing fails the child's connection ends without one, so it tries again.
+ * ($rid is its reported $version) when that is higher. Stored before the
+ * broker's PUBACK; when storing fails the child's link is closed, and the
+ * child, which asks for every twin again on its next link, sends what the
+ * parent does not have.
  */
 static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_slice rid,
                           perch_slice payload)
@@ -359,8 +362,8 @@ static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_sl
 	char *end = NULL;
 	snprintf(num, sizeof num, "%.*s", (int)(rid.len < 23 ? rid.len : 23), rid.ptr);
 	unsigned long long v = strtoull(num, &end, 10);
-	if (end != num && *end == '\0' && v > 0)
-		t->reported_version = v;
+	if (end != num && *end == '\0' && v > t->reported_version)
+		t->reported_version = v; /* the child's numbers, as long as they go up */
 	err = hub_twin_store_save(x->store, name, t);
 	if (err != PERCH_OK) {
 		json_decref(t->reported);
@@ -379,6 +382,26 @@ static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_sl
 	            (unsigned long long)t->reported_version, c->client_id);
 }
 
+/* too_many: would a new twin for name put the child c over its share? A
+ * child may name any module of its own: the twins it makes here are
+ * bounded (counted when one is new, which is rare). */
+static bool too_many(hub_iothub *x, hub_conn *c, const char *name)
+{
+	if (perch_map_get(&x->twins, perch_slice_cstr(name)) != NULL)
+		return false;
+	size_t n = 0, pos = 0;
+	const perch_map_slot *slot;
+	char edge[PERCH_DEVICE_ID_MAX + 1];
+	while ((slot = perch_map_next(&x->twins, &pos)) != NULL)
+		n += hub_identities_edge_of(&x->h->ids, slot->key, edge, sizeof edge) &&
+		     strcmp(edge, c->ident.device) == 0;
+	if (n < MAX_CHILD_TWINS)
+		return false;
+	PERCH_WARN(LOG_MOD, "%s: no twin for %s: the child has %zu twins here already (at most %d)",
+	           c->client_id, name, n, MAX_CHILD_TWINS);
+	return true;
+}
+
 /* link_publish takes a child edge hub's $edgehub/... publish (authorized:
  * the identity it names is the child's). */
 static void link_publish(hub_iothub *x, hub_conn *c, const perch_iothub_topic *t,
@@ -387,6 +410,10 @@ static void link_publish(hub_iothub *x, hub_conn *c, const perch_iothub_topic *t
 	char name[HUB_IDENT_NAME_MAX];
 	if (!hub_iothub_link_name(t, name, sizeof name)) {
 		PERCH_WARN(LOG_MOD, "%s: a link topic with a bad identity: dropped", c->client_id);
+		return;
+	}
+	if (t->kind != PERCH_IOTHUB_LINK_METHOD_RESPONSE && too_many(x, c, name)) {
+		link_error(c, name, 403, 403002, t->rid, "too many twins for this child edge hub");
 		return;
 	}
 	switch (t->kind) {
@@ -734,6 +761,7 @@ void hub_iothub_identities_changed(hub *h)
 {
 	if (h->iothub != NULL)
 		sync_twins(h->iothub, true, true);
+	hub_twinsync_identities_changed(h);
 }
 
 /* --- life ------------------------------------------------------------------------ */

@@ -55,6 +55,8 @@ typedef struct sync_entry {
 	json_t *sending;     /* SENDING: the reported section the patch makes */
 	uint64_t synced_for; /* the local reported $version synced equals; 0: unknown */
 	uint64_t sending_version;
+	bool refused;     /* SENDING: the parent answered the patch with an error */
+	int64_t since_ms; /* when state was entered (retries, GET timeouts) */
 } sync_entry;
 
 /* A method call from the parent, running here. */
@@ -78,7 +80,12 @@ struct hub_twinsync {
 	char inflight_name[HUB_IDENT_NAME_MAX];
 	relay *relays;
 	uint64_t synced, patches_sent, methods;
+	size_t scan; /* pump resumes here: every identity gets its turn */
+	int64_t next_check_ms;
 };
+
+#define RETRY_MS       10000 /* a GET that failed or went unanswered is asked again */
+#define GET_TIMEOUT_MS 30000
 
 static hub_twinsync *sync_of(hub *h)
 {
@@ -135,6 +142,7 @@ static perch_err send_link(hub_twinsync *s, perch_iothub_kind kind, const char *
 /* get asks the parent for name's twin. */
 static void get(hub_twinsync *s, const char *name, sync_entry *e)
 {
+	e->since_ms = hub_now_ms();
 	if (e->rid[0] != '\0')
 		perch_free(perch_map_del(&s->by_rid, perch_slice_cstr(e->rid)));
 	snprintf(e->rid, sizeof e->rid, "g%llx", (unsigned long long)s->next_rid++);
@@ -170,9 +178,20 @@ static void pump(hub_twinsync *s)
 {
 	if (!s->up || s->inflight != NULL)
 		return;
-	size_t pos = 0;
+	/* From where the last one was sent, around once: a busy identity does
+	 * not keep the others waiting. */
+	size_t pos = s->scan, wrapped = 0;
 	const perch_map_slot *slot;
-	while ((slot = perch_map_next(&s->entries, &pos)) != NULL) {
+	for (;;) {
+		slot = perch_map_next(&s->entries, &pos);
+		if (slot == NULL) {
+			if (wrapped++ > 0 || s->scan == 0)
+				return;
+			pos = 0;
+			continue;
+		}
+		if (wrapped > 0 && pos > s->scan)
+			return; /* around once */
 		sync_entry *e = slot->value;
 		if (e->state != SYNC_IDLE)
 			continue;
@@ -206,8 +225,11 @@ static void pump(hub_twinsync *s)
 			return; /* tried again at the next change or link */
 		}
 		e->state = SYNC_SENDING;
+		e->since_ms = hub_now_ms();
+		e->refused = false;
 		e->sending = snap;
 		e->sending_version = t->reported_version;
+		s->scan = pos;
 		s->inflight = e;
 		snprintf(s->inflight_name, sizeof s->inflight_name, "%s", slot->key);
 		s->patches_sent++;
@@ -230,16 +252,12 @@ static void ask(hub_twinsync *s, const char *name, size_t *asked)
 	}
 }
 
-void hub_twinsync_up(hub *h)
+/* ask_all asks for the twin of every identity of this hub not asked for
+ * yet on this link: the device, $edgeAgent, each module, each leaf device,
+ * and any other twin it keeps. */
+static void ask_all(hub_twinsync *s)
 {
-	hub_twinsync *s = sync_of(h);
-	if (s == NULL)
-		return;
-	s->up = true;
-	s->link++;
-	s->inflight = NULL;
-	/* Every identity of this hub: the device, $edgeAgent, each module, each
-	 * leaf device, and any other twin it keeps. */
+	hub *h = s->h;
 	const hub_identities *ids = &h->ids;
 	char name[HUB_IDENT_NAME_MAX];
 	size_t asked = 0, pos = 0;
@@ -257,7 +275,48 @@ void hub_twinsync_up(hub *h)
 	pos = 0;
 	while ((slot = perch_map_next(&h->iothub->twins, &pos)) != NULL)
 		ask(s, slot->key, &asked);
-	PERCH_INFO(LOG_MOD, "syncing %zu twins with the parent", asked);
+	if (asked > 0)
+		PERCH_INFO(LOG_MOD, "syncing %zu twins with the parent", asked);
+}
+
+void hub_twinsync_up(hub *h)
+{
+	hub_twinsync *s = sync_of(h);
+	if (s == NULL)
+		return;
+	s->up = true;
+	s->link++;
+	s->inflight = NULL;
+	s->next_check_ms = hub_now_ms() + RETRY_MS;
+	ask_all(s);
+}
+
+void hub_twinsync_identities_changed(hub *h)
+{
+	hub_twinsync *s = sync_of(h);
+	if (s != NULL && s->up)
+		ask_all(s);
+}
+
+void hub_twinsync_tick(hub *h)
+{
+	hub_twinsync *s = sync_of(h);
+	int64_t now = hub_now_ms();
+	if (s == NULL || !s->up || now < s->next_check_ms)
+		return;
+	s->next_check_ms = now + 1000;
+	size_t pos = 0;
+	const perch_map_slot *slot;
+	while ((slot = perch_map_next(&s->entries, &pos)) != NULL) {
+		sync_entry *e = slot->value;
+		bool again = ((e->state == SYNC_DOWN || e->state == SYNC_FAILED) &&
+		              now - e->since_ms >= RETRY_MS) ||
+		             (e->state == SYNC_GETTING && now - e->since_ms >= GET_TIMEOUT_MS);
+		if (again) {
+			PERCH_INFO(LOG_MOD, "%s: asking the parent for its twin again", slot->key);
+			get(s, slot->key, e);
+		}
+	}
 }
 
 void hub_twinsync_down(hub *h)
@@ -281,6 +340,14 @@ void hub_twinsync_acked(hub *h)
 		return;
 	sync_entry *e = s->inflight;
 	s->inflight = NULL;
+	if (e->refused) {
+		/* The parent did not take it: what it has is asked again. */
+		json_decref(e->sending);
+		e->sending = NULL;
+		get(s, s->inflight_name, e);
+		pump(s);
+		return;
+	}
 	json_decref(e->synced);
 	e->synced = e->sending;
 	e->sending = NULL;
@@ -295,7 +362,8 @@ void hub_twinsync_reported(hub *h, const char *name)
 	hub_twinsync *s = sync_of(h);
 	if (s == NULL || !s->up)
 		return;
-	(void)name;
+	size_t asked = 0;
+	ask(s, name, &asked); /* an identity new since the link came up */
 	pump(s);
 }
 
@@ -472,12 +540,19 @@ void hub_twinsync_publish(hub *h, const perch_iothub_topic *t, perch_slice paylo
 		sync_entry *e = who != NULL && strcmp(who, name) == 0 ? entry_of(s, name) : NULL;
 		perch_free(who);
 		if (e == NULL) {
-			if (t->status >= 300)
-				PERCH_WARN(LOG_MOD,
-				           "%s: the parent refused a reported patch (%u): %.*s",
-				           name, t->status,
-				           (int)(payload.len > 300 ? 300 : payload.len),
-				           payload.ptr);
+			if (t->status < 300)
+				return;
+			PERCH_WARN(LOG_MOD, "%s: the parent refused a reported patch (%u): %.*s",
+			           name, t->status, (int)(payload.len > 300 ? 300 : payload.len),
+			           payload.ptr);
+			char sent[24];
+			snprintf(sent, sizeof sent, "%llu",
+			         s->inflight != NULL
+			                 ? (unsigned long long)s->inflight->sending_version
+			                 : 0ull);
+			if (s->inflight != NULL && strcmp(s->inflight_name, name) == 0 &&
+			    strcmp(sent, rid) == 0)
+				s->inflight->refused = true; /* its PUBACK comes next */
 			return;
 		}
 		e->rid[0] = '\0';

@@ -21,6 +21,12 @@ void hub_twinsync_close(hub *h);
 
 /* The link is up (subscribed): every identity's twin is asked for. */
 void hub_twinsync_up(hub *h);
+/* The identities changed (a deployment, the leaf devices): new ones are
+ * asked for. */
+void hub_twinsync_identities_changed(hub *h);
+/* Once per loop iteration: GETs that failed or went unanswered are asked
+ * again (every 10 s, after 30 s). Cheap. */
+void hub_twinsync_tick(hub *h);
 /* The link is down: what was in flight is asked for again next time. */
 void hub_twinsync_down(hub *h);
 /* A $edgehub/... publish from the parent (t parsed from its topic). */

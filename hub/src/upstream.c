@@ -696,7 +696,7 @@ static perch_err subscribe_link(hub_upstream *u)
 perch_err hub_upstream_link_send(hub *h, perch_slice topic, perch_slice payload, bool qos1)
 {
 	hub_upstream *u = h->upstream;
-	if (u == NULL || u->state != UP_UP || u->wsi == NULL)
+	if (u == NULL || u->state != UP_UP || u->wsi == NULL || u->closing_for_renewal)
 		return PERCH_ECLOSED;
 	perch_mqtt_publish pub = {
 	        .topic = topic, .payload = payload, .packet_id = qos1 ? TWIN_PID : 0, .qos = qos1};
@@ -831,13 +831,16 @@ static int on_packet(hub_upstream *u, const perch_mqtt_packet *pkt)
 		u->refusals = u->failed = u->unlogged = 0;
 		if (subscribe_c2d(u) != PERCH_OK || subscribe_link(u) != PERCH_OK)
 			return fail(u, "out of memory", NULL);
-		hub_twinsync_up(u->h);
 		pump(u);
 		return 0;
 	}
 	case PERCH_MQTT_SUBACK: {
 		if (pkt->suback.packet_id == LINK_SUB_PID) {
-			if (pkt->suback.count > 0 && pkt->suback.codes[0] == 0x80)
+			/* Twins sync once the parent takes $edgehub/#; a parent that
+			 * does not (an older hub) keeps the rest of the link. */
+			if (pkt->suback.count > 0 && pkt->suback.codes[0] != 0x80)
+				hub_twinsync_up(u->h);
+			else
 				PERCH_WARN(
 				        LOG_MOD,
 				        "the parent refused $edgehub/#: twins and direct methods "
@@ -1305,8 +1308,10 @@ void hub_upstream_close(hub *h)
 void hub_upstream_tick(hub *h)
 {
 	hub_upstream *u = h->upstream;
-	if (u != NULL && u->state == UP_UP)
+	if (u != NULL && u->state == UP_UP) {
 		pump(u);
+		hub_twinsync_tick(h);
+	}
 }
 
 void hub_upstream_get_stats(hub *h, hub_upstream_stats *out)

@@ -54,7 +54,7 @@ class Pair:
     def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
                  parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
                  leaves=None, start_child=True, proxy=False, child_args=(),
-                 parent_routes=None, child_leaves=None):
+                 parent_routes=None, child_leaves=None, parent_anonymous=False):
         d = os.path.join(workdir, "ids")
         os.makedirs(d, exist_ok=True)
         self.dir = d
@@ -64,7 +64,8 @@ class Pair:
         write_json(pd, deployment(PARENT, ["consumer"], parent_routes or {
             "fromChild": "FROM /messages/* INTO BrokeredEndpoint(\"/modules/consumer/inputs/in\")"}))
         write_json(pl, leaves or {DEV: {"primaryKey": DEVKEY, "edge": True}}, private=True)
-        self.parent = make_broker(start=False, anonymous=False, listeners=parent_listeners,
+        self.parent = make_broker(start=False, anonymous=parent_anonymous,
+                                  listeners=parent_listeners,
                                   tls=tls, extra_args=[
             "--set", f"device.id={PARENT}", "--set", f"device.iothub_hostname={PARENT_HOST}",
             "--set", f"device.key_file={pk}", "--set", f"device.hub_deployment={pd}",

@@ -232,3 +232,63 @@ def test_parent_refuses_identities_the_child_does_not_speak_for(make_broker, wor
     st, _ = twin_rest(pair.parent, f"{DEV}/producer",
                       token=sas(f"{PARENT_HOST}/devices/stranger", LEAFKEY))
     assert st == 403
+
+
+def test_an_identity_added_while_the_link_is_up_is_synced(make_broker, workdir):
+    """A module that a new deployment adds while the link is up has its twin
+    synced at once, not at the next link."""
+    from test_upstream import deployment
+    pair = make_pair(make_broker, workdir)
+    mark = pair.child.log_mark()
+    write_json(os.path.join(pair.dir, "child-dep.json"),
+               deployment(DEV, ["producer", "late"], {"up": "FROM /messages/* INTO $upstream"}))
+    pair.child.proc.send_signal(signal.SIGHUP)
+    assert pair.child.wait_log(r"hub deployment \d+ from", mark, timeout=10)
+    late = Mod(pair.child, "late")
+    assert late.report({"arrived": True})[0] == 204
+    wait_parent_reported(pair, f"{DEV}/late", lambda r: r.get("arrived") is True,
+                         "the new module's reported properties at the parent")
+
+
+def test_a_parent_that_does_not_take_edgehub_keeps_the_link(make_broker, workdir):
+    """A parent that has the child as a plain device (no "edge": true) refuses
+    $edgehub/#: the child logs it once, syncs nothing, and its own telemetry
+    still goes up."""
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", "ws"),
+                leaves={DEV: {"primaryKey": DEVKEY}})
+    pair.wait_up()
+    assert pair.child.wait_log(r"the parent refused \$edgehub/#", timeout=10), \
+        pair.child.log_tail(10)
+    m = Mod(pair.child, "producer")
+    assert m.report({"a": 1})[0] == 204
+    assert m.get()["reported"]["a"] == 1
+    time.sleep(0.5)
+    assert "syncing" not in pair.child.log(), pair.child.log_tail(10)
+    assert "publish to $edgehub" not in pair.parent.log(), pair.parent.log_tail(10)
+
+
+def test_anonymous_clients_cannot_speak_the_link_protocol(make_broker, workdir):
+    """With anonymous clients allowed at the parent, none of them can reach a
+    child through $edgehub/ topics: not by publishing (dropped, even
+    retained), not by subscribing."""
+    pair = make_pair(make_broker, workdir, parent_anonymous=True)
+    m = Mod(pair.child, "producer")
+    anon = h.Raw(pair.parent.ports["mqtt"])
+    assert anon.connect("anon-1").rc == 0
+    assert anon.subscribe([("$edgehub/#", 1)]) == [0x80]
+    mark = pair.parent.log_mark()
+    for retain in (False, True):
+        anon.publish(f"$edgehub/{DEV}/producer/methods/post/evil/?$rid=1", b"{}", qos=1,
+                     retain=retain)
+        anon.publish(f"$edgehub/{DEV}/producer/twin/desired/?$version=99",
+                     b'{"evil": true}', qos=1, retain=retain)
+    assert pair.parent.wait_log(r"\$edgehub/ is the upstream link's", mark, timeout=5)
+    assert m.next_publish(lambda p: True, timeout=1.0) is None
+    assert "evil" not in json.dumps(m.get())
+    # a child that connects again is not handed a retained one
+    pair.child.stop()
+    pair.child.start()
+    pair.wait_up()
+    m = Mod(pair.child, "producer")
+    assert m.next_publish(lambda p: True, timeout=1.0) is None
+    assert "evil" not in json.dumps(m.get())
