@@ -222,6 +222,36 @@ static void twin_get(hub_iothub *x, hub_conn *c, const char *name, hub_online *o
 	perch_free(doc);
 }
 
+/*
+ * apply_reported merges the reported patch payload into name's twin and
+ * stores it; the version becomes version when that is higher (a child's
+ * numbers), else goes up by one; *out gets it. PERCH_EINVAL/ETOOBIG (why:
+ * the patch is refused), PERCH_ENOMEM, store errors: the twin is unchanged.
+ */
+static perch_err apply_reported(hub_iothub *x, const char *name, perch_slice payload,
+                                uint64_t version, uint64_t *out, char *why, size_t cap)
+{
+	hub_twin *t = twin_of(x, name);
+	if (t == NULL)
+		return PERCH_ENOMEM;
+	json_t *old = json_incref(t->reported);
+	uint64_t old_version = t->reported_version;
+	perch_err err = hub_twin_report(t, payload.ptr, payload.len, why, cap);
+	if (err == PERCH_OK && version > t->reported_version)
+		t->reported_version = version;
+	if (err == PERCH_OK) {
+		err = hub_twin_store_save(x->store, name, t);
+		if (err != PERCH_OK) {
+			json_decref(t->reported);
+			t->reported = json_incref(old);
+			t->reported_version = old_version;
+		}
+	}
+	json_decref(old);
+	*out = t->reported_version;
+	return err;
+}
+
 static void twin_reported(hub_iothub *x, hub_conn *c, const char *name, hub_online *o,
                           perch_slice rid, perch_slice payload)
 {
@@ -230,43 +260,27 @@ static void twin_reported(hub_iothub *x, hub_conn *c, const char *name, hub_onli
 		           "too many twin requests: slow down");
 		return;
 	}
-	hub_twin *t = twin_of(x, name);
-	if (t == NULL) {
-		twin_error(c, "reported", 500, ERR_SERVER_ERROR, rid, "out of memory");
-		return;
-	}
-	json_t *old = json_incref(t->reported);
-	uint64_t old_version = t->reported_version;
 	char why[300];
-	perch_err err = hub_twin_report(t, payload.ptr, payload.len, why, sizeof why);
-	if (err == PERCH_ENOMEM) {
-		json_decref(old);
-		twin_error(c, "reported", 500, ERR_SERVER_ERROR, rid, "out of memory");
-		return;
-	}
-	if (err != PERCH_OK) {
-		json_decref(old);
+	uint64_t v = 0;
+	perch_err err = apply_reported(x, name, payload, 0, &v, why, sizeof why);
+	if (err == PERCH_EINVAL || err == PERCH_ETOOBIG) {
 		PERCH_WARN(LOG_MOD, "%s: reported patch refused (400): %s", name, why);
 		char msg[360];
 		snprintf(msg, sizeof msg, "reported patch refused: %s", why);
 		twin_error(c, "reported", 400, ERR_ARG_INVALID, rid, msg);
 		return;
 	}
-	err = hub_twin_store_save(x->store, name, t);
 	if (err != PERCH_OK) {
-		json_decref(t->reported);
-		t->reported = old;
-		t->reported_version = old_version;
-		PERCH_ERROR(LOG_MOD, "%s: reported patch not stored (%s): answered 500", name,
-		            perch_strerror(err));
+		if (err != PERCH_ENOMEM)
+			PERCH_ERROR(LOG_MOD, "%s: reported patch not stored (%s): answered 500",
+			            name, perch_strerror(err));
 		twin_error(c, "reported", 500, ERR_SERVER_ERROR, rid,
-		           "the twin could not be stored; try again");
+		           err == PERCH_ENOMEM ? "out of memory"
+		                               : "the twin could not be stored; try again");
 		return;
 	}
-	json_decref(old);
-	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu", name,
-	            (unsigned long long)t->reported_version);
-	twin_answer(c, "reported", 204, rid, true, t->reported_version, NULL, 0);
+	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu", name, (unsigned long long)v);
+	twin_answer(c, "reported", 204, rid, true, v, NULL, 0);
 	hub_twinsync_reported(x->h, name);
 }
 
@@ -335,22 +349,14 @@ static void link_error(hub_conn *c, const char *name, unsigned status, unsigned 
 static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_slice rid,
                           perch_slice payload)
 {
-	hub_twin *t = twin_of(x, name);
-	if (t == NULL) {
-		hub_conn_close_soon(c, "out of memory", NULL);
-		return;
-	}
-	json_t *old = json_incref(t->reported);
-	uint64_t old_version = t->reported_version;
-	char why[300];
-	perch_err err = hub_twin_report(t, payload.ptr, payload.len, why, sizeof why);
-	if (err == PERCH_ENOMEM) {
-		json_decref(old);
-		hub_conn_close_soon(c, "out of memory", NULL);
-		return;
-	}
-	if (err != PERCH_OK) {
-		json_decref(old);
+	char num[24], why[300];
+	char *end = NULL;
+	snprintf(num, sizeof num, "%.*s", (int)(rid.len < 23 ? rid.len : 23), rid.ptr);
+	unsigned long long want = strtoull(num, &end, 10);
+	uint64_t v = 0;
+	perch_err err = apply_reported(x, name, payload, end != num && *end == '\0' ? want : 0, &v,
+	                               why, sizeof why);
+	if (err == PERCH_EINVAL || err == PERCH_ETOOBIG) {
 		PERCH_WARN(LOG_MOD, "%s: reported patch from %s over the link refused (400): %s",
 		           name, c->client_id, why);
 		char msg[360];
@@ -358,28 +364,17 @@ static void link_reported(hub_iothub *x, hub_conn *c, const char *name, perch_sl
 		link_error(c, name, 400, ERR_ARG_INVALID, rid, msg);
 		return;
 	}
-	char num[24];
-	char *end = NULL;
-	snprintf(num, sizeof num, "%.*s", (int)(rid.len < 23 ? rid.len : 23), rid.ptr);
-	unsigned long long v = strtoull(num, &end, 10);
-	if (end != num && *end == '\0' && v > t->reported_version)
-		t->reported_version = v; /* the child's numbers, as long as they go up */
-	err = hub_twin_store_save(x->store, name, t);
 	if (err != PERCH_OK) {
-		json_decref(t->reported);
-		t->reported = old;
-		t->reported_version = old_version;
 		PERCH_ERROR(LOG_MOD,
-		            "%s: reported patch from %s not stored (%s): not acknowledged; the "
-		            "link is closed so that the child sends it again",
+		            "%s: reported patch from %s not stored (%s): the link is closed; the "
+		            "child syncs this twin again on its next link",
 		            name, c->client_id, perch_strerror(err));
 		hub_conn_close_soon(c, "twin store failed", perch_strerror(err));
 		return;
 	}
-	json_decref(old);
 	hub_metrics_twin(x->h->metrics, "link_reported:204");
-	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu from %s", name,
-	            (unsigned long long)t->reported_version, c->client_id);
+	PERCH_DEBUG(LOG_MOD, "%s: reported version %llu from %s", name, (unsigned long long)v,
+	            c->client_id);
 }
 
 /* too_many: would a new twin for name put the child c over its share? A

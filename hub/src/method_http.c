@@ -332,6 +332,20 @@ static bool c2d_headers(hub_method_http *r)
 	return false;
 }
 
+/* device_only: is the caller the edge device itself? Otherwise the answer
+ * is 403 (what: the request, for the log; does: what only it does here). */
+static bool device_only(hub_method_http *r, const char *what, const char *does)
+{
+	if (r->caller.kind == HUB_IDENT_DEVICE)
+		return true;
+	PERCH_WARN(LOG_MOD, "%s for %s refused (403): %s%s%s is not the edge device", what,
+	           r->device, r->caller.device, r->caller.module[0] ? "/" : "", r->caller.module);
+	char msg[160];
+	snprintf(msg, sizeof msg, "only the edge device's identity %s here", does);
+	answer_error(r, 403, 403000, msg);
+	return false;
+}
+
 /* twin_name: the identity a twin request names, when it is one this hub
  * keeps a twin for (here, or behind a child edge hub). */
 static bool twin_name(hub_method_http *r, char *name, size_t cap)
@@ -404,15 +418,8 @@ static void twin_patch(hub_method_http *r, const char *name)
 static int begin_twin(hub_method_http *r, unsigned long long want, bool get)
 {
 	char name[HUB_IDENT_NAME_MAX];
-	if (r->caller.kind != HUB_IDENT_DEVICE) {
-		PERCH_WARN(LOG_MOD,
-		           "twin request for %s refused (403): %s%s%s is not the edge device",
-		           r->device, r->caller.device, r->caller.module[0] ? "/" : "",
-		           r->caller.module);
-		answer_error(r, 403, 403000,
-		             "only the edge device's identity reads and patches twins here");
+	if (!device_only(r, "twin request", "reads and patches twins"))
 		return 0;
-	}
 	if (!twin_name(r, name, sizeof name)) {
 		answer_error(r, 404, r->module[0] ? 404010 : 404001,
 		             "no such identity here (this device, its modules and leaf devices, "
@@ -483,15 +490,8 @@ static int begin(struct lws *wsi, hub_method_http **slot, const char *device, co
 	r->deferred = want > 0; /* for a refusal: after the body */
 	if (!authenticate(r))
 		return 0;
-	if (c2d && r->caller.kind != HUB_IDENT_DEVICE) {
-		PERCH_WARN(LOG_MOD,
-		           "C2D message for %s refused (403): %s%s%s is not the edge device",
-		           r->device, r->caller.device, r->caller.module[0] ? "/" : "",
-		           r->caller.module);
-		answer_error(r, 403, 403000,
-		             "only the edge device's identity sends cloud-to-device messages here");
+	if (c2d && !device_only(r, "C2D message", "sends cloud-to-device messages"))
 		return 0;
-	}
 	if (c2d && !c2d_headers(r))
 		return r->props == NULL ? -1 : 0;
 	r->deferred = false;
