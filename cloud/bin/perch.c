@@ -2,9 +2,10 @@
  * perch.c — the `perch` command line: global options, then one command from
  * a table. Today its commands work on this device, through the local
  * perch-hub's REST endpoints (cli_hub.c): `perch method` invokes a direct
- * method, `perch c2d` sends a cloud-to-device message. Commands for
- * perch-cloud's REST API (fleet work) will be rows of the same table.
- * docs/cli.md is the operator's page.
+ * method, `perch c2d` sends a cloud-to-device message, `perch twin` shows a
+ * twin or patches its desired properties. Commands for perch-cloud's REST
+ * API (fleet work) will be rows of the same table. docs/cli.md is the
+ * operator's page.
  *
  *   perch [--config FILE] [--hub URL] COMMAND [ARGS...]
  *
@@ -22,6 +23,7 @@ static const cli_command commands[] = {
         {"method", "invoke a direct method on a module or a device", cli_cmd_method,
          cli_usage_method},
         {"c2d", "send a cloud-to-device message to a leaf device", cli_cmd_c2d, cli_usage_c2d},
+        {"twin", "show a twin, or patch its desired properties", cli_cmd_twin, cli_usage_twin},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

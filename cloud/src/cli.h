@@ -8,7 +8,7 @@
  *                 TLS with mbedTLS, with deadlines (the answer is read with
  *                 the shared parser, perch/http_wire.h)
  *   cli_hub.c     the device commands on perch-hub's REST endpoints:
- *                 `perch method` and `perch c2d`
+ *                 `perch method`, `perch c2d` and `perch twin`
  *
  * perch.c holds the table of commands; commands for perch-cloud's REST API
  * will join it with files of their own. Everything here runs on the one
@@ -113,18 +113,19 @@ typedef struct cli_http_answer {
 } cli_http_answer;
 
 /*
- * cli_http_post sends "POST target" with the nh header lines of hdrs
- * (borrowed, "Name: value") and len bytes of body to the hub, and reads the
- * answer into *ans. The connection must be up within connect_ms, the whole
+ * cli_http_request sends "METHOD target" (method: "POST", "GET", "PATCH")
+ * with the nh header lines of hdrs (borrowed, "Name: value") and len bytes
+ * of body (NULL: none, and no Content-Length unless the method is POST or
+ * PUT) to the hub, and reads the answer into *ans. The connection must be up within connect_ms, the whole
  * exchange done within total_ms. On failure writes one line to stderr
  * (what, and why: refused, timed out, certificate not verified...) and
  * returns PERCH_ECLOSED, PERCH_ETIMEDOUT, PERCH_EPERM (TLS verification),
  * PERCH_EPROTO, PERCH_ETOOBIG, PERCH_EIO or PERCH_ENOMEM.
  */
-PERCH_MUST_USE perch_err cli_http_post(const cli_hub *hub, const char *target,
-                                       const char *const *hdrs, size_t nh, const char *body,
-                                       size_t len, long connect_ms, long total_ms,
-                                       cli_http_answer *ans);
+PERCH_MUST_USE perch_err cli_http_request(const cli_hub *hub, const char *method,
+                                          const char *target, const char *const *hdrs, size_t nh,
+                                          const char *body, size_t len, long connect_ms,
+                                          long total_ms, cli_http_answer *ans);
 
 void cli_http_answer_free(cli_http_answer *ans);
 
@@ -139,5 +140,7 @@ int cli_cmd_method(cli *c, int argc, char **argv);
 void cli_usage_method(FILE *out);
 int cli_cmd_c2d(cli *c, int argc, char **argv);
 void cli_usage_c2d(FILE *out);
+int cli_cmd_twin(cli *c, int argc, char **argv);
+void cli_usage_twin(FILE *out);
 
 #endif /* CLOUD_CLI_H */

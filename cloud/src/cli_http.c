@@ -318,9 +318,9 @@ void cli_http_answer_free(cli_http_answer *ans)
 	*ans = (cli_http_answer){0};
 }
 
-perch_err cli_http_post(const cli_hub *hub, const char *target, const char *const *hdrs, size_t nh,
-                        const char *body, size_t len, long connect_ms, long total_ms,
-                        cli_http_answer *ans)
+perch_err cli_http_request(const cli_hub *hub, const char *method, const char *target,
+                           const char *const *hdrs, size_t nh, const char *body, size_t len,
+                           long connect_ms, long total_ms, cli_http_answer *ans)
 {
 	*ans = (cli_http_answer){0};
 	conn c = {.fd = -1, .deadline = now_ms() + total_ms};
@@ -330,7 +330,7 @@ perch_err cli_http_post(const cli_hub *hub, const char *target, const char *cons
 	size_t req_len = 0;
 	static perch_http_parser parser; /* 8 KiB line buffer: not on the stack */
 	perch_err err =
-	        perch_http_request("POST", target, host, hdrs, nh, body, len, &req, &req_len);
+	        perch_http_request(method, target, host, hdrs, nh, body, len, &req, &req_len);
 	if (err != PERCH_OK) {
 		fprintf(stderr, "perch: cannot make the request: %s\n", perch_strerror(err));
 		return err;

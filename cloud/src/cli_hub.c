@@ -5,14 +5,16 @@
  *
  *   perch method TARGET METHOD   POST /twins/{d}[/modules/{m}]/methods
  *   perch c2d DEVICE             POST /devices/{d}/messages/devicebound
+ *   perch twin TARGET            GET /twins/{d}[/modules/{m}]
+ *   perch twin TARGET --desired  PATCH /twins/{d}[/modules/{m}]
  *
  * Each call signs a SAS token for {iothub_hostname}/devices/{device.id} with
  * the device key (device.key_file), valid for TOKEN_LIFETIME_S; the key and
  * the token live in stack buffers that are wiped before the function
  * returns, and neither is ever printed. Answers: a method's {"status",
  * "payload"} on stdout (exit 0 for a 2xx status, 1 for another); a C2D
- * message's id on stdout; the hub's refusals as one line on stderr with
- * its errorCode and message (exit 2).
+ * message's id on stdout; a twin as indented JSON on stdout; the hub's
+ * refusals as one line on stderr with its errorCode and message (exit 2).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -36,6 +38,8 @@
 #define C2D_BODY_MAX       (64u << 10)  /* IoT Hub's limit on a C2D message */
 #define C2D_PROPS_MAX      8192         /* bytes of the URL-encoded property bag */
 #define METHOD_PAYLOAD_MAX (128u << 10) /* IoT Hub's limit on a method payload */
+#define TWIN_TOTAL_MS      30000        /* a twin GET or PATCH, start to end */
+#define TWIN_DESIRED_MAX   (128u << 10) /* bytes of --desired as given; the hub checks the rest */
 #define TIMEOUT_DEFAULT_S  30
 #define TIMEOUT_MIN_S      5
 #define TIMEOUT_MAX_S      300
@@ -156,6 +160,61 @@ __attribute__((format(printf, 2, 3))) static int usage_error(void (*usage)(FILE 
 	return CLI_EXIT_USAGE;
 }
 
+/* split_target splits TARGET (DEVICE/MODULE, DEVICE/ for a device, or one
+ * name) into dev and mod ("" for none), each PERCH_DEVICE_ID_MAX + 1 bytes;
+ * *one_name when there was no '/'. false for an empty device, a second '/'
+ * or a name over its bound. */
+static bool split_target(const char *target, char *dev, char *mod, bool *one_name)
+{
+	const char *slash = strchr(target, '/');
+	size_t dlen = slash == NULL ? strlen(target) : (size_t)(slash - target);
+	if (dlen == 0 || dlen > PERCH_DEVICE_ID_MAX ||
+	    (slash != NULL && (strlen(slash + 1) > PERCH_DEVICE_ID_MAX || strchr(slash + 1, '/'))))
+		return false;
+	memcpy(dev, target, dlen);
+	dev[dlen] = '\0';
+	snprintf(mod, PERCH_DEVICE_ID_MAX + 1, "%s", slash != NULL ? slash + 1 : "");
+	*one_name = slash == NULL;
+	return true;
+}
+
+/* twins_path writes "/twins/{dev}[/modules/{mod}]" and tail (a suffix such
+ * as "/methods?api-version=...") into out, URL-encoded; PERCH_ETOOBIG when
+ * it does not fit in cap bytes. */
+static perch_err twins_path(const char *dev, const char *mod, const char *tail, char *out,
+                            size_t cap)
+{
+	static const char twins[] = "/twins/", mods[] = "/modules/";
+	size_t at = sizeof twins - 1, tl = strlen(tail);
+	if (cap < sizeof twins)
+		return PERCH_ETOOBIG;
+	memcpy(out, twins, sizeof twins);
+	perch_err err = cli_url_encode(dev, out, cap, &at);
+	if (err == PERCH_OK && mod[0] != '\0') {
+		if (at + sizeof mods >= cap)
+			return PERCH_ETOOBIG;
+		memcpy(out + at, mods, sizeof mods);
+		at += sizeof mods - 1;
+		err = cli_url_encode(mod, out, cap, &at);
+	}
+	if (err != PERCH_OK || at + tl >= cap)
+		return PERCH_ETOOBIG;
+	memcpy(out + at, tail, tl + 1);
+	return PERCH_OK;
+}
+
+/* no_such_module: the hub's answer says there is no module by that name
+ * (404, errorCode 404010), so a one-name TARGET may be a device. */
+static bool no_such_module(const cli_http_answer *a)
+{
+	if (a->status != 404 || a->len == 0)
+		return false;
+	json_t *e = json_loadb(a->body, a->len, 0, NULL);
+	bool nm = json_integer_value(json_object_get(e, "errorCode")) == 404010;
+	json_decref(e);
+	return nm;
+}
+
 /* ---- perch method -------------------------------------------------------------- */
 
 void cli_usage_method(FILE *out)
@@ -184,36 +243,18 @@ static int method_call(const cli *c, const cli_hub *hub, const char *auth, const
                        bool quiet_no_module, bool *no_module)
 {
 	char target[1024], what[600];
-	size_t at = 0;
-	static const char twins[] = "/twins/";
-	memcpy(target, twins, sizeof twins);
-	at = sizeof twins - 1;
-	perch_err err = cli_url_encode(dev, target, sizeof target, &at);
-	if (err == PERCH_OK && mod[0] != '\0') {
-		static const char mods[] = "/modules/";
-		if (at + sizeof mods >= sizeof target)
-			err = PERCH_ETOOBIG;
-		else {
-			memcpy(target + at, mods, sizeof mods);
-			at += sizeof mods - 1;
-			err = cli_url_encode(mod, target, sizeof target, &at);
-		}
-	}
-	static const char tail[] = "/methods?api-version=2021-04-12";
-	if (err == PERCH_OK && at + sizeof tail >= sizeof target)
-		err = PERCH_ETOOBIG;
-	if (err != PERCH_OK) {
+	if (twins_path(dev, mod, "/methods?api-version=2021-04-12", target, sizeof target) !=
+	    PERCH_OK) {
 		fprintf(stderr, "perch: the target's name is too long\n");
 		return CLI_EXIT_USAGE;
 	}
-	memcpy(target + at, tail, sizeof tail);
 	snprintf(what, sizeof what, "method on %s%s%s", dev, mod[0] != '\0' ? "/" : "", mod);
 	(void)c;
 	const char *hdrs[] = {auth, "Content-Type: application/json; charset=utf-8",
 	                      "Connection: close"};
 	cli_http_answer a;
-	err = cli_http_post(hub, target, hdrs, 3, body, body_len, CONNECT_MS, total_ms, &a);
-	if (err != PERCH_OK)
+	if (cli_http_request(hub, "POST", target, hdrs, 3, body, body_len, CONNECT_MS, total_ms,
+	                     &a) != PERCH_OK)
 		return CLI_EXIT_FAIL;
 	int rc = CLI_EXIT_FAIL;
 	json_t *j = NULL;
@@ -236,10 +277,7 @@ static int method_call(const cli *c, const cli_hub *hub, const char *auth, const
 				        what, (long long)s);
 		}
 	} else {
-		json_t *e = a.len > 0 ? json_loadb(a.body, a.len, 0, NULL) : NULL;
-		bool nm = a.status == 404 &&
-		          json_integer_value(json_object_get(e, "errorCode")) == 404010;
-		json_decref(e);
+		bool nm = no_such_module(&a);
 		if (no_module != NULL)
 			*no_module = nm;
 		if (!(nm && quiet_no_module))
@@ -322,24 +360,16 @@ int cli_cmd_method(cli *c, int argc, char **argv)
 		rc = CLI_EXIT_USAGE;
 		goto out;
 	}
-	/* TARGET: DEVICE/MODULE, DEVICE/ (a device), or one name. */
-	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1] = "";
+	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
 	char self[PERCH_DEVICE_ID_MAX + 1];
-	const char *slash = strchr(target, '/');
-	bool one_name = slash == NULL;
-	size_t dlen = one_name ? strlen(target) : (size_t)(slash - target);
-	if (dlen == 0 || dlen > PERCH_DEVICE_ID_MAX ||
-	    (!one_name && (strlen(slash + 1) > PERCH_DEVICE_ID_MAX || strchr(slash + 1, '/')))) {
+	bool one_name;
+	if (!split_target(target, dev, mod, &one_name)) {
 		rc = usage_error(cli_usage_method,
 		                 "method: TARGET '%s': expected MODULE, DEVICE, DEVICE/ or "
 		                 "DEVICE/MODULE",
 		                 target);
 		goto out;
 	}
-	memcpy(dev, target, dlen);
-	dev[dlen] = '\0';
-	if (!one_name)
-		snprintf(mod, sizeof mod, "%s", slash + 1);
 	if (cli_load(c) != PERCH_OK)
 		goto out;
 	char auth[PERCH_SAS_MAX_TOKEN + 32];
@@ -392,25 +422,29 @@ void cli_usage_c2d(FILE *out)
 	      out);
 }
 
-/* read_body reads at most C2D_BODY_MAX bytes of f into *out (owned). */
-static int read_body(FILE *f, const char *name, char **out, size_t *len)
+/* read_body reads at most max bytes of f into *out (owned, NUL-terminated,
+ * *len bytes without the NUL); more is a usage error that names limit
+ * (e.g. "a C2D message's limit"). Returns an exit code. */
+static int read_body(FILE *f, const char *name, size_t max, const char *limit, char **out,
+                     size_t *len)
 {
-	char *buf = perch_malloc(C2D_BODY_MAX + 1);
+	char *buf = perch_malloc(max + 2);
 	if (buf == NULL) {
 		fprintf(stderr, "perch: out of memory\n");
 		return CLI_EXIT_FAIL;
 	}
-	size_t n = fread(buf, 1, C2D_BODY_MAX + 1, f);
+	size_t n = fread(buf, 1, max + 1, f);
 	if (ferror(f)) {
 		fprintf(stderr, "perch: cannot read %s: %s\n", name, strerror(errno));
 		perch_free(buf);
 		return CLI_EXIT_FAIL;
 	}
-	if (n > C2D_BODY_MAX) {
-		fprintf(stderr, "perch: %s: more than 64 KiB (a C2D message's limit)\n", name);
+	if (n > max) {
+		fprintf(stderr, "perch: %s: more than %zu KiB (%s)\n", name, max >> 10, limit);
 		perch_free(buf);
 		return CLI_EXIT_USAGE;
 	}
+	buf[n] = '\0';
 	*out = buf;
 	*len = n;
 	return CLI_EXIT_OK;
@@ -546,12 +580,13 @@ int cli_cmd_c2d(cli *c, int argc, char **argv)
 			fprintf(stderr, "perch: cannot open %s: %s\n", file, strerror(errno));
 			return CLI_EXIT_FAIL;
 		}
-		rc = read_body(f, file, &body, &blen);
+		rc = read_body(f, file, C2D_BODY_MAX, "a C2D message's limit", &body, &blen);
 		fclose(f);
 		if (rc != CLI_EXIT_OK)
 			return rc;
 	} else if (from_stdin) {
-		if ((rc = read_body(stdin, "standard input", &body, &blen)) != CLI_EXIT_OK)
+		if ((rc = read_body(stdin, "standard input", C2D_BODY_MAX, "a C2D message's limit",
+		                    &body, &blen)) != CLI_EXIT_OK)
 			return rc;
 	} else if (body_text != NULL) {
 		if (strlen(body_text) > C2D_BODY_MAX)
@@ -614,8 +649,8 @@ int cli_cmd_c2d(cli *c, int argc, char **argv)
 	cli_http_answer a;
 	char what[200];
 	snprintf(what, sizeof what, "c2d to %s", device);
-	if (cli_http_post(&hub, target, hdrs, nh, body != NULL ? body : "", blen, CONNECT_MS,
-	                  C2D_TOTAL_MS, &a) != PERCH_OK)
+	if (cli_http_request(&hub, "POST", target, hdrs, nh, body != NULL ? body : "", blen,
+	                     CONNECT_MS, C2D_TOTAL_MS, &a) != PERCH_OK)
 		goto out_wipe;
 	if (a.status >= 200 && a.status <= 299) {
 		printf("%s\n", mid);
@@ -628,5 +663,203 @@ out_wipe:
 	explicit_bzero(auth, sizeof auth);
 out:
 	perch_free(body);
+	return rc;
+}
+
+/* ---- perch twin ---------------------------------------------------------------- */
+
+void cli_usage_twin(FILE *out)
+{
+	fputs("usage: perch twin TARGET [--desired JSON | --file PATH | -]\n"
+	      "\n"
+	      "Print the twin of a module or a device, its desired and reported properties,\n"
+	      "as perch-hub keeps it. With desired properties, patch them first (merged\n"
+	      "over the deployment's; null deletes one) and print the twin that results;\n"
+	      "the module or device gets the change at once, also behind a child edge hub.\n"
+	      "TARGET: MODULE (a module of this device), DEVICE/MODULE, or DEVICE (this\n"
+	      "device or a leaf device; DEVICE/ when a module has that name too).\n"
+	      "\n"
+	      "  --desired JSON   a JSON object of desired properties to patch\n"
+	      "  --file PATH, -   the same from a file, or from standard input (128 KiB)\n"
+	      "\n"
+	      "Exit: 0 done; 2 perch-hub refused the request (404 no such twin here, 400 a\n"
+	      "patch it does not take ...) or could not be reached; 64 a bad command line\n"
+	      "(also --desired that is not a JSON object).\n",
+	      out);
+}
+
+/* twin_call GETs (patch NULL) or PATCHes the twin of dev[/mod] and prints it;
+ * returns an exit code, and *no_module as method_call does. */
+static int twin_call(const cli_hub *hub, const char *auth, const char *dev, const char *mod,
+                     const char *patch, bool quiet_no_module, bool *no_module)
+{
+	char target[1024], what[600];
+	if (twins_path(dev, mod, "?api-version=2021-04-12", target, sizeof target) != PERCH_OK) {
+		fprintf(stderr, "perch: the target's name is too long\n");
+		return CLI_EXIT_USAGE;
+	}
+	snprintf(what, sizeof what, "twin of %s%s%s", dev, mod[0] != '\0' ? "/" : "", mod);
+	const char *hdrs[] = {auth, "Connection: close",
+	                      "Content-Type: application/json; charset=utf-8"};
+	cli_http_answer a;
+	if (cli_http_request(hub, patch != NULL ? "PATCH" : "GET", target, hdrs,
+	                     patch != NULL ? 3 : 2, patch, patch != NULL ? strlen(patch) : 0,
+	                     CONNECT_MS, TWIN_TOTAL_MS, &a) != PERCH_OK)
+		return CLI_EXIT_FAIL;
+	int rc = CLI_EXIT_FAIL;
+	if (a.status == 200) {
+		json_t *j = json_loadb(a.body != NULL ? a.body : "", a.len, 0, NULL);
+		char *text = json_is_object(json_object_get(j, "properties"))
+		                     ? json_dumps(j, JSON_INDENT(2))
+		                     : NULL;
+		if (text != NULL) {
+			printf("%s\n", text);
+			rc = CLI_EXIT_OK;
+		} else {
+			fprintf(stderr, "perch: %s: perch-hub's answer is not a twin\n", what);
+		}
+		free(text);
+		json_decref(j);
+	} else {
+		bool nm = no_such_module(&a);
+		if (no_module != NULL)
+			*no_module = nm;
+		if (!(nm && quiet_no_module))
+			hub_refusal(what, &a);
+	}
+	cli_http_answer_free(&a);
+	return rc;
+}
+
+/* desired_body reads the desired properties (text, a file, or stdin), checks
+ * that they are a JSON object, and makes the PATCH's body of them in *out
+ * (owned: free). Returns an exit code; errors are on stderr. */
+static int desired_body(const char *text, const char *file, bool from_stdin, char **out)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	const char *name = file != NULL ? file : from_stdin ? "standard input" : "--desired";
+	int rc;
+	if (file != NULL) {
+		FILE *f = fopen(file, "rb");
+		if (f == NULL) {
+			fprintf(stderr, "perch: cannot open %s: %s\n", file, strerror(errno));
+			return CLI_EXIT_FAIL;
+		}
+		rc = read_body(f, file, TWIN_DESIRED_MAX, "perch twin's limit", &buf, &len);
+		fclose(f);
+	} else if (from_stdin) {
+		rc = read_body(stdin, name, TWIN_DESIRED_MAX, "perch twin's limit", &buf, &len);
+	} else {
+		text = text != NULL ? text : ""; /* (it is not NULL: --desired was given) */
+		len = strlen(text);
+		if (len > TWIN_DESIRED_MAX)
+			return usage_error(cli_usage_twin, "--desired: more than 128 KiB");
+		rc = CLI_EXIT_OK;
+	}
+	if (rc != CLI_EXIT_OK)
+		return rc;
+	json_error_t jerr;
+	json_t *d = json_loadb(buf != NULL ? buf : text, len,
+	                       JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	perch_free(buf);
+	if (d == NULL)
+		return usage_error(cli_usage_twin, "%s: not JSON: %s (line %d, column %d)", name,
+		                   jerr.text, jerr.line, jerr.column);
+	if (!json_is_object(d)) {
+		json_decref(d);
+		return usage_error(cli_usage_twin,
+		                   "%s: not a JSON object (desired properties are one, e.g. "
+		                   "'{\"interval\": 5}')",
+		                   name);
+	}
+	json_t *req = json_pack("{s:{s:o}}", "properties", "desired", d);
+	*out = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (*out == NULL) {
+		fprintf(stderr, "perch: out of memory\n");
+		return CLI_EXIT_FAIL;
+	}
+	return CLI_EXIT_OK;
+}
+
+int cli_cmd_twin(cli *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	        {"desired", required_argument, NULL, 'd'},
+	        {"file", required_argument, NULL, 'f'},
+	        {"help", no_argument, NULL, 'h'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *desired = NULL, *file = NULL;
+	int sources = 0, o;
+	optind = 0; /* glibc: start afresh, after main's scan */
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'd':
+			desired = optarg;
+			sources++;
+			break;
+		case 'f':
+			file = optarg;
+			sources++;
+			break;
+		case 'h': cli_usage_twin(stdout); return CLI_EXIT_OK;
+		default:
+			return usage_error(cli_usage_twin, "twin: unknown or incomplete option %s",
+			                   argv[optind - 1]);
+		}
+	}
+	/* operands: TARGET, and maybe "-" (the desired properties from stdin) */
+	const char *target = NULL;
+	bool from_stdin = false;
+	for (int i = optind; i < argc; i++) {
+		if (strcmp(argv[i], "-") == 0 && !from_stdin) {
+			from_stdin = true;
+			sources++;
+		} else if (target == NULL) {
+			target = argv[i];
+		} else {
+			return usage_error(cli_usage_twin, "twin: unexpected argument %s", argv[i]);
+		}
+	}
+	if (target == NULL)
+		return usage_error(cli_usage_twin, "twin: expected TARGET");
+	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
+	bool one_name;
+	if (!split_target(target, dev, mod, &one_name))
+		return usage_error(cli_usage_twin,
+		                   "twin: TARGET '%s': expected MODULE, DEVICE, DEVICE/ or "
+		                   "DEVICE/MODULE",
+		                   target);
+	if (sources > 1)
+		return usage_error(cli_usage_twin, "twin: give one of --desired, --file and -");
+	char *patch = NULL;
+	int rc;
+	if (sources == 1 && (rc = desired_body(desired, file, from_stdin, &patch)) != CLI_EXIT_OK)
+		return rc;
+	rc = CLI_EXIT_FAIL;
+	if (cli_load(c) != PERCH_OK)
+		goto out;
+	char auth[PERCH_SAS_MAX_TOKEN + 32], self[PERCH_DEVICE_ID_MAX + 1];
+	cli_hub hub;
+	if (cli_hub_resolve(c, &hub) != PERCH_OK ||
+	    auth_header(c, auth, sizeof auth, self, sizeof self) != PERCH_OK)
+		goto out_wipe;
+	if (one_name && strcmp(dev, self) != 0) {
+		/* a module of this device; when there is none by that name, a device
+		 * (a refused PATCH changed nothing, so it may go again) */
+		bool no_module = false;
+		rc = twin_call(&hub, auth, self, dev, patch, true, &no_module);
+		if (no_module)
+			rc = twin_call(&hub, auth, dev, "", patch, false, NULL);
+	} else {
+		rc = twin_call(&hub, auth, dev, mod, patch, false, NULL);
+	}
+out_wipe:
+	explicit_bzero(auth, sizeof auth);
+out:
+	free(patch);
 	return rc;
 }

@@ -1,7 +1,9 @@
 """The `perch` command line (docs/cli.md) against a real perch-hub: `perch
 method` invokes direct methods that raw MQTT modules and a leaf device answer
 (hubtest.Raw, subscribed to $iothub/methods/POST/#), `perch c2d` sends
-cloud-to-device messages that a leaf device receives with their properties.
+cloud-to-device messages that a leaf device receives with their properties,
+`perch twin` shows twins and patches desired properties that a raw MQTT
+module receives on $iothub/twin/PATCH/properties/desired/.
 The CLI reads its own config file (device: and hub: sections, the other
 daemons' keys left alone), signs its token with the device key, finds the hub
 in hub.listen (ws:// on any address, else wss:// verified with
@@ -20,8 +22,10 @@ import pytest
 
 import hubtest as h
 from test_c2d import bag
-from test_twins import (DEV, DEVKEY, HOSTNAME, LEAFKEY, Mod, method_request,  # noqa: F401
-                        sas, twhub, write_private)
+from test_twins import (DEV, DEVKEY, HOSTNAME, LEAFKEY, TWINS, Mod,  # noqa: F401
+                        method_request, parse_query, sas, twhub, write_private)
+from test_upstream import PARENT, PARENT_HOST
+from test_upstream_twin import make_pair
 
 pytestmark = pytest.mark.perch_only("the perch CLI talks to perch-hub's REST endpoints")
 
@@ -299,11 +303,132 @@ def test_c2d_refused(twhub):
     assert rc == 2 and str(port) in one_line(err), (rc, err)
 
 
+# ================================================================ perch twin
+def desired_patch(m, timeout=5):
+    p = m.next_publish(lambda p: p.topic.startswith("$iothub/twin/PATCH/properties/desired/"),
+                       timeout)
+    assert p is not None, "no desired patch arrived"
+    return json.loads(p.payload), int(parse_query(p.topic)["$version"])
+
+
+def test_twin_shows_a_modules_and_a_devices_twin(twhub):
+    b = twhub()
+    cfg = ws_config(b)
+    for target in ("filter", f"{DEV}/filter"):
+        rc, out, err = perch(cfg, "twin", target)
+        assert rc == 0 and err == "", (target, rc, out, err)
+        assert out.count("\n") > 3, f"not indented:\n{out}"
+        t = json.loads(out)
+        assert t["deviceId"] == DEV and t["moduleId"] == "filter", t
+        desired = dict(t["properties"]["desired"])
+        assert isinstance(desired.pop("$version"), int) and desired == TWINS["filter"], t
+        assert t["properties"]["reported"] == {"$version": 1}, t
+    # one name that is no module: the device of that name (a leaf device), and
+    # this device itself
+    for target, dev in (("leaf1", "leaf1"), ("leaf1/", "leaf1"), (DEV, DEV)):
+        rc, out, err = perch(cfg, "twin", target)
+        assert rc == 0 and err == "", (target, rc, out, err)
+        t = json.loads(out)
+        assert t["deviceId"] == dev and "moduleId" not in t, (target, t)
+
+
+def test_twin_desired_patch_reaches_the_module(twhub, tmp_path):
+    b = twhub()
+    cfg = ws_config(b)
+    f = Mod(b, "filter")
+    v0 = f.get()["desired"]["$version"]
+    rc, out, err = perch(cfg, "twin", f"{DEV}/filter", "--desired",
+                         '{"interval": 5, "nested": {"b": 2}}')
+    assert rc == 0 and err == "", (rc, out, err)
+    # merged over the deployment's desired properties
+    desired = json.loads(out)["properties"]["desired"]
+    assert desired["interval"] == 5 and desired["threshold"] == 25, desired
+    assert desired["nested"] == {"a": 1, "keep": "x", "b": 2}, desired
+    assert desired["$version"] > v0, desired
+    patch, v = desired_patch(f)
+    assert patch["interval"] == 5 and patch["nested"] == {"b": 2}, patch
+    assert v == desired["$version"], (v, desired)
+    assert f.get()["desired"] == desired
+    # from a file, and from standard input; null deletes
+    pfile = tmp_path / "desired.json"
+    pfile.write_text('{\n  "interval": 10\n}\n')
+    rc, out, err = perch(cfg, "twin", "filter", "--file", str(pfile))
+    assert rc == 0 and json.loads(out)["properties"]["desired"]["interval"] == 10, (rc, err)
+    assert desired_patch(f)[0]["interval"] == 10
+    rc, out, err = perch(cfg, "twin", "filter", "-", stdin=b'{"interval": null}')
+    assert rc == 0 and "interval" not in json.loads(out)["properties"]["desired"], (rc, out, err)
+    assert desired_patch(f)[0] == {"interval": None, "$version": v + 2}
+    # a GET changes nothing and sends nothing
+    assert perch(cfg, "twin", "filter")[0] == 0
+    assert f.next_publish(lambda p: "desired" in p.topic, timeout=0.5) is None
+
+
+def test_twin_bad_desired_and_unknown_targets(twhub):
+    b = twhub()
+    cfg = ws_config(b)
+    f = Mod(b, "filter")
+    # refused before anything is sent: not JSON, not an object (64)
+    for desired, why in (("{not json", "not JSON"), ('{"a": 1, "a": 2}', "not JSON"),
+                         ("", "not JSON"), ("[1, 2]", "not a JSON object"),
+                         ("5", "not a JSON object"), ('"text"', "not a JSON object"),
+                         ("null", "not a JSON object")):
+        rc, out, err = perch(cfg, "twin", "filter", "--desired", desired)
+        assert rc == 64 and out == "" and "usage: perch twin" in err, (desired, rc, out, err)
+        assert f"--desired: {why}" in err.splitlines()[0], (desired, err)
+    rc, out, err = perch(cfg, "twin", "filter", "-", stdin=b"[]")
+    assert rc == 64 and err.startswith("perch: standard input: not a JSON object"), (rc, err)
+    # a patch the hub does not take: its 400 and message (2)
+    rc, out, err = perch(cfg, "twin", "filter", "--desired", '{"$version": 7}')
+    assert rc == 2 and out == "", (rc, out, err)
+    line = one_line(err)
+    assert "400" in line and "400004" in line and f"{DEV}/filter" in line, line
+    assert f.next_publish(lambda p: "desired" in p.topic, timeout=0.5) is None
+    # no such module, no such device: the hub's 404 (2)
+    rc, out, err = perch(cfg, "twin", "ghost")
+    assert rc == 2 and out == "", (rc, out, err)
+    line = one_line(err)
+    assert "404" in line and "404001" in line and "ghost" in line, line
+    rc, out, err = perch(cfg, "twin", f"{DEV}/ghost", "--desired", '{"a": 1}')
+    assert rc == 2 and out == "", (rc, out, err)
+    line = one_line(err)
+    assert "404" in line and "404010" in line and f"{DEV}/ghost" in line, line
+
+
+def test_twin_of_a_module_behind_a_child_hub(make_broker, workdir):
+    """At the parent (device site): `perch twin gw1/producer --desired ...`
+    reaches the module producer of the child hub gw1, down the link."""
+    pair = make_pair(make_broker, workdir)
+    m = Mod(pair.child, "producer")
+    before = m.get()["desired"]["$version"]
+    cfg = os.path.join(pair.dir, "parent-cli.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""device:
+  id: {PARENT}
+  iothub_hostname: {PARENT_HOST}
+  key_file: {os.path.join(pair.dir, "parent.key")}
+hub:
+  listen:
+    - ws://127.0.0.1:{pair.parent.ports["ws"]}
+""")
+    rc, out, err = perch(cfg, "twin", f"{DEV}/producer", "--desired", '{"interval": 5}')
+    assert rc == 0 and err == "", (rc, out, err)
+    t = json.loads(out)
+    assert t["deviceId"] == DEV and t["moduleId"] == "producer", t
+    assert t["properties"]["desired"]["interval"] == 5, t
+    patch, v = desired_patch(m, timeout=10)
+    assert patch["interval"] == 5 and v > before, (patch, v)
+    rc, out, err = perch(cfg, "twin", f"{DEV}/producer")
+    assert rc == 0 and json.loads(out)["properties"]["desired"]["interval"] == 5, (rc, err)
+    # an identity that is neither the parent's nor behind its child hubs
+    rc, out, err = perch(cfg, "twin", "elsewhere/producer")
+    assert rc == 2 and "404" in one_line(err), (rc, out, err)
+
+
 # ================================================================ command line
 def test_usage_and_help(twhub):
     b = twhub()
     cfg = ws_config(b)
-    for args in (["--help"], ["method", "--help"], ["c2d", "--help"]):
+    for args in (["--help"], ["method", "--help"], ["c2d", "--help"], ["twin", "--help"]):
         rc, out, err = perch(cfg, *args)
         assert rc == 0 and out.startswith("usage: perch") and err == "", (args, rc, out, err)
     bad = [[], ["nope"], ["--bogus", "method", "filter", "m"], ["method"], ["method", "filter"],
@@ -312,7 +437,10 @@ def test_usage_and_help(twhub):
                                                          "{not json"],
            ["method", "filter", "a/b"], ["method", "a/b/c", "m"], ["c2d"],
            ["c2d", "leaf1", "--ttl", "0"], ["c2d", "leaf1", "--property", "novalue"],
-           ["c2d", "leaf1", "--body", "x", "--file", "/etc/hostname"], ["c2d", "leaf1", "--x"]]
+           ["c2d", "leaf1", "--body", "x", "--file", "/etc/hostname"], ["c2d", "leaf1", "--x"],
+           ["twin"], ["twin", "a/b/c"], ["twin", "/m"], ["twin", "filter", "extra"],
+           ["twin", "filter", "--desired"], ["twin", "filter", "--desired", "{}", "-"],
+           ["twin", "filter", "--x"]]
     for args in bad:
         rc, out, err = perch(cfg, *args)
         assert rc == 64 and out == "" and "usage: perch" in err, (args, rc, out, err)
