@@ -6,8 +6,10 @@
  * u/0 .. u/9 with a window of QoS 1 publishes in flight.
  *
  * States: BACKOFF (waiting to connect; the first attempt waits 0 ms) ->
- * CONNECTING (TCP, TLS, WebSocket handshake) -> WAIT_CONNACK -> UP. Any
- * loss goes back to BACKOFF with one log line naming the reason. Entries
+ * RESOLVING (a host name being looked up in resolve.c's worker thread; an IP
+ * address skips it) -> CONNECTING (TCP, TLS, WebSocket handshake) ->
+ * WAIT_CONNACK -> UP. Any loss goes back to BACKOFF with one log line
+ * naming the reason. Entries
  * are handed out by hub_queue_next and acked at the PUBACK; a loss rewinds
  * every queue, so what was in flight goes out again, in order, with DUP.
  * The wire topic is the message's own (the hub stamped $.cdid/$.cmid into
@@ -22,6 +24,7 @@
  */
 #include "upstream.h"
 
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,7 @@
 #include "perch/log.h"
 #include "perch/props.h"
 #include "perch/sas.h"
+#include "resolve.h"
 #include "store.h"
 #include "twinsync.h"
 #include "upstream_tls.h"
@@ -44,7 +48,8 @@
 #define API_VERSION        "2018-06-30"
 #define WRITE_CHUNK        65536
 #define TX_HIGH_WATER      (1u << 20) /* stop filling the window above this */
-#define CONNECT_TIMEOUT_MS 15000      /* TCP + TLS + CONNACK */
+#define CONNECT_TIMEOUT_MS 15000      /* host name lookup + TCP + TLS + CONNACK */
+#define RESOLVE_POLL_MS    10         /* RESOLVING: how often to look for the answer */
 #define TIMER_MS           250        /* housekeeping period while configured */
 #define RX_BUF             65536
 #define SUB_PID            65535 /* SUBSCRIBE's packet id: publishes use 1 .. window <= 65532 */
@@ -190,7 +195,15 @@ perch_err hub_upstream_username(const char *hostname, const char *device, char *
 
 /* --- the link -------------------------------------------------------------------- */
 
-typedef enum up_state { UP_BACKOFF = 0, UP_CONNECTING, UP_WAIT_CONNACK, UP_UP } up_state;
+_Static_assert(HUB_RESOLVE_MAX_HOST >= HUB_UPSTREAM_MAX_HOST, "a URL's host fits the resolver");
+
+typedef enum up_state {
+	UP_BACKOFF = 0,
+	UP_RESOLVING,
+	UP_CONNECTING,
+	UP_WAIT_CONNACK,
+	UP_UP
+} up_state;
 
 /* Where an mqtts:// connection is (upstream_tls.c). */
 typedef enum tls_phase { TLS_TCP = 0, TLS_HANDSHAKE, TLS_DATA } tls_phase;
@@ -217,8 +230,10 @@ typedef struct hub_upstream {
 	hub_upstream_url url;
 	char hostname[256]; /* in the user name and the token's sr */
 	struct lws_vhost *vh;
-	struct lws *wsi; /* NULL unless CONNECTING, WAIT_CONNACK or UP */
-	hub_up_tls *tls; /* mqtts:// only: our own TLS client */
+	struct lws *wsi;       /* NULL unless CONNECTING, WAIT_CONNACK or UP */
+	hub_resolver resolver; /* the host name's lookup; may outlive a timed-out attempt */
+	char address[64];      /* lws: the numeric address in use (IPv6: with %scope) */
+	hub_up_tls *tls;       /* mqtts:// only: our own TLS client */
 	tls_phase phase;
 	up_state state;
 	perch_mqtt_decoder dec;
@@ -1069,15 +1084,14 @@ static const struct lws_protocols link_protocols[] = {
         {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
-/* try_connect_tls starts an mqtts:// connection: our socket, lws's poll. */
-static void try_connect_tls(hub_upstream *u)
+/* connect_tls starts an mqtts:// connection to to: our socket, lws's poll. */
+static void connect_tls(hub_upstream *u, const hub_resolved *to)
 {
 	char why[200];
 	u->state = UP_CONNECTING;
-	u->started_ms = hub_now_ms();
-	u->st.connects++;
 	u->phase = TLS_TCP;
-	int fd = hub_up_tls_connect(u->tls, u->url.port, why, sizeof why);
+	int fd = hub_up_tls_connect(u->tls, (const struct sockaddr *)&to->addr, to->len, why,
+	                            sizeof why);
 	if (fd < 0) {
 		go_down(u, "connection failed", why);
 		return;
@@ -1095,17 +1109,28 @@ static void try_connect_tls(hub_upstream *u)
 	lws_callback_on_writable(wsi); /* the connect completes */
 }
 
-static void try_connect(hub_upstream *u)
+/* connect_to starts the connection to the parent's address to. An lws
+ * client gets it as a numeric address (so lws does not look the name up
+ * again on the loop thread) and the URL's host as ci.host, which lws uses
+ * for the Host header, the TLS SNI and the certificate's host-name check. */
+static void connect_to(hub_upstream *u, const hub_resolved *to)
 {
 	if (u->tls != NULL) {
-		try_connect_tls(u);
+		connect_tls(u, to);
+		return;
+	}
+	u->state = UP_CONNECTING;
+	int rc = getnameinfo((const struct sockaddr *)&to->addr, to->len, u->address,
+	                     sizeof u->address, NULL, 0, NI_NUMERICHOST);
+	if (rc != 0) {
+		go_down(u, "connection failed", gai_strerror(rc));
 		return;
 	}
 	struct lws_client_connect_info ci;
 	memset(&ci, 0, sizeof ci);
 	ci.context = u->h->ctx;
 	ci.vhost = u->vh;
-	ci.address = u->url.host;
+	ci.address = u->address;
 	ci.port = u->url.port;
 	ci.host = u->url.host;
 	ci.origin = u->url.host;
@@ -1122,9 +1147,6 @@ static void try_connect(hub_upstream *u)
 	}
 	struct lws *wsi = NULL;
 	ci.pwsi = &wsi;
-	u->state = UP_CONNECTING;
-	u->started_ms = hub_now_ms();
-	u->st.connects++;
 	if (lws_client_connect_via_info(&ci) == NULL && u->state == UP_CONNECTING) {
 		/* lws may already have reported the failure through the callback */
 		go_down(u, "connection failed", "cannot start a connection");
@@ -1132,6 +1154,58 @@ static void try_connect(hub_upstream *u)
 	}
 	if (u->state == UP_CONNECTING)
 		u->wsi = wsi;
+}
+
+/* try_connect begins an attempt: an IP address is connected to at once; a
+ * host name is looked up in resolve.c's worker thread, and on_timer polls
+ * for the answer (RESOLVING). */
+static void try_connect(hub_upstream *u)
+{
+	u->started_ms = hub_now_ms();
+	u->st.connects++;
+	u->state = UP_RESOLVING;
+	hub_resolved to;
+	if (hub_resolve_numeric(u->url.host, u->url.port, &to)) {
+		connect_to(u, &to);
+		return;
+	}
+	/* An earlier attempt that timed out may have left its lookup running:
+	 * this attempt waits for that one (its answer is as good as a new one)
+	 * rather than start a second. */
+	if (u->resolver.started)
+		return;
+	perch_err err = hub_resolve_start(&u->resolver, u->url.host, u->url.port);
+	if (err != PERCH_OK) {
+		char why[HUB_UPSTREAM_MAX_HOST + 64];
+		snprintf(why, sizeof why, "cannot start looking %s up: %s", u->url.host,
+		         perch_strerror(err));
+		go_down(u, "connection failed", why);
+	}
+}
+
+/* poll_resolve is RESOLVING's timer: connect once the lookup has answered,
+ * give the attempt up when it fails or outlasts the connect timeout. */
+static void poll_resolve(hub_upstream *u, int64_t now)
+{
+	hub_resolved to;
+	switch (hub_resolve_poll(&u->resolver, &to)) {
+	case HUB_RESOLVE_DONE:
+		if (to.len == 0)
+			go_down(u, "connection failed", to.why);
+		else
+			connect_to(u, &to);
+		return;
+	case HUB_RESOLVE_RUNNING:
+		if (now - u->started_ms > CONNECT_TIMEOUT_MS) {
+			/* The lookup goes on; the next attempt takes its answer. */
+			char why[HUB_UPSTREAM_MAX_HOST + 64];
+			snprintf(why, sizeof why, "cannot resolve %s: no answer within 15 s",
+			         u->url.host);
+			go_down(u, "connect timeout", why);
+		}
+		return;
+	case HUB_RESOLVE_IDLE: go_down(u, "connection failed", "no host name lookup"); return;
+	}
 }
 
 /* timer: connection attempts, keepalive, dead links, token renewal. */
@@ -1153,6 +1227,7 @@ static void on_timer(lws_sorted_usec_list_t *sul)
 			return;
 		}
 		break;
+	case UP_RESOLVING: poll_resolve(u, now); break;
 	case UP_CONNECTING:
 	case UP_WAIT_CONNACK:
 		if (now - u->started_ms > CONNECT_TIMEOUT_MS && u->wsi != NULL) {
@@ -1185,7 +1260,9 @@ static void on_timer(lws_sorted_usec_list_t *sul)
 		}
 		break;
 	}
-	if (u->state != UP_BACKOFF)
+	if (u->state == UP_RESOLVING)
+		arm(u, RESOLVE_POLL_MS);
+	else if (u->state != UP_BACKOFF)
 		arm(u, ka / 4 < TIMER_MS ? ka / 4 : TIMER_MS);
 }
 
@@ -1291,6 +1368,9 @@ void hub_upstream_close(hub *h)
 		lws_sul_cancel(&u->sul);
 	hub_twinsync_close(h);
 	h->upstream = NULL;
+	/* Waits for a lookup still running: if DNS hangs, the shutdown waits for
+	 * the system resolver to give up (its timeout and attempts, resolv.conf). */
+	hub_resolve_fini(&u->resolver);
 	while (u->c2d != NULL) {
 		up_c2d *x = u->c2d;
 		u->c2d = x->next;

@@ -10,14 +10,15 @@
  * hub.upstream.ca (or the system's CAs), and its certificate must name the
  * URL's host — a DNS name through mbedTLS, an IP address by an iPAddress
  * subjectAltName checked here (mbedTLS 2.28 compares DNS names only).
- * Everything runs on the loop thread.
+ * The address to connect to comes from the caller (resolve.c looks a host
+ * name up off the loop thread); the checks are always against the URL's
+ * host, never the address it resolved to. Everything runs on the loop thread.
  */
 #include "upstream_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -148,35 +149,16 @@ static int bio_recv(void *ctx, unsigned char *buf, size_t len)
 	return MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
-int hub_up_tls_connect(hub_up_tls *t, int port, char *why, size_t cap)
+int hub_up_tls_connect(hub_up_tls *t, const struct sockaddr *to, socklen_t to_len, char *why,
+                       size_t cap)
 {
-	struct addrinfo hints = {
-	        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-	struct addrinfo *res = NULL, *ai;
-	char ps[8];
-	snprintf(ps, sizeof ps, "%d", port);
-	int rc = getaddrinfo(t->host, ps, &hints, &res);
-	if (rc != 0 || res == NULL) {
-		snprintf(why, cap, "cannot resolve %s: %s", t->host,
-		         rc != 0 ? gai_strerror(rc) : "no address");
-		return -1;
-	}
-	/* IPv4 first: a parent named "localhost" often listens on 127.0.0.1 only. */
-	ai = res;
-	for (struct addrinfo *a = res; a != NULL; a = a->ai_next)
-		if (a->ai_family == AF_INET) {
-			ai = a;
-			break;
-		}
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS)) {
+	int fd = socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || (connect(fd, to, to_len) != 0 && errno != EINPROGRESS)) {
 		snprintf(why, cap, "%s", strerror(errno));
 		if (fd >= 0)
 			close(fd);
-		freeaddrinfo(res);
 		return -1;
 	}
-	freeaddrinfo(res);
 	hub_up_tls_reset(t);
 	t->fd = fd;
 	return fd;

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "perch/err.h"
 
@@ -36,10 +37,13 @@ PERCH_MUST_USE perch_err hub_up_tls_new(const char *ca_file, const char *host, h
 void hub_up_tls_free(hub_up_tls *t);
 /* hub_up_tls_reset forgets the current connection (its socket is lws's). */
 void hub_up_tls_reset(hub_up_tls *t);
-/* hub_up_tls_connect starts a non-blocking TCP connect to host:port;
- * returns the socket (the caller hands it to lws, which closes it) or -1
+/* hub_up_tls_connect starts a non-blocking TCP connect to the address to
+ * (to_len bytes, the port included: the host's, looked up by the caller);
+ * the certificate is still checked against the host given to hub_up_tls_new.
+ * Returns the socket (the caller hands it to lws, which closes it) or -1
  * with why set. */
-int hub_up_tls_connect(hub_up_tls *t, int port, char *why, size_t cap);
+int hub_up_tls_connect(hub_up_tls *t, const struct sockaddr *to, socklen_t to_len, char *why,
+                       size_t cap);
 /* hub_up_tls_connected: the socket became writeable; 0 when the TCP
  * connection is up (TLS set up), -1 with why otherwise. */
 int hub_up_tls_connected(hub_up_tls *t, char *why, size_t cap);

@@ -7,6 +7,8 @@ module, a raw MQTT client that records what arrives. Checked: every number
 the producer had acknowledged arrives, in order per priority, across a
 parent that is stopped and started, a kill -9 of the child while it drains,
 priorities, TLS verified against hub.upstream.ca (and a wrong CA refused),
+a parent given by host name (looked up off the loop; certificates checked
+against the name, not the address; a name that does not resolve retried),
 a wrong device key refused with backoff, refusals backing off long and
 an outage logged once (not per attempt), a child that publishes for a
 device it does not speak for refused, the link flapping through faultproxy
@@ -54,7 +56,8 @@ class Pair:
     def __init__(self, make_broker, workdir, child_key=DEVKEY, child_routes=None,
                  parent_listeners=("mqtt",), scheme="mqtt", tls=None, ca=None,
                  leaves=None, start_child=True, proxy=False, child_args=(),
-                 parent_routes=None, child_leaves=None, parent_anonymous=False):
+                 parent_routes=None, child_leaves=None, parent_anonymous=False,
+                 host="127.0.0.1"):
         d = os.path.join(workdir, "ids")
         os.makedirs(d, exist_ok=True)
         self.dir = d
@@ -82,7 +85,7 @@ class Pair:
         if proxy:  # the link goes through a fault-injecting proxy
             self.proxy = FaultProxy("127.0.0.1", port)
             port = self.proxy.port
-        url = f"{scheme}://127.0.0.1:{port}" + ("/$iothub/websocket" if "ws" in scheme else "")
+        url = f"{scheme}://{host}:{port}" + ("/$iothub/websocket" if "ws" in scheme else "")
         args = ["--set", f"device.id={DEV}", "--set", f"device.iothub_hostname={HOSTNAME}",
                 "--set", f"device.key_file={ck}", "--set", f"device.hub_deployment={cd}",
                 "--upstream", url, "--set", f"hub.upstream.hostname={PARENT_HOST}",
@@ -513,6 +516,67 @@ def test_certificate_for_another_host_refused(make_broker, workdir, scheme):
     time.sleep(0.5)
     assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0
     assert not re.search(r"link to .* up", pair.child.log())
+
+
+def cert_naming(d, san):
+    """A self-signed certificate naming only san (e.g. DNS:localhost); (cert, key)."""
+    os.makedirs(d)
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=perch-test", "-addext", f"subjectAltName={san}",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.parametrize("scheme", ["mqtt", "mqtts", "wss"])
+def test_parent_by_host_name(make_broker, workdir, scheme):
+    """The parent given by a host name ("localhost"): it is looked up off the
+    loop thread and connected to by address, and the TLS schemes check the
+    certificate against the name (this one names DNS:localhost only, not
+    127.0.0.1, so a check against the address would refuse it)."""
+    tls = cert_naming(os.path.join(workdir, "by-name"), "DNS:localhost")
+    plain = scheme == "mqtt"
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt",) if plain else ("mqtt", scheme),
+                scheme=scheme, tls=None if plain else tls, ca=None if plain else tls[0],
+                host="localhost")
+    pair.wait_up()
+    cons = pair.consumer()
+    produce(pair.producer(), range(20))
+    got, _ = collect(cons, set(range(20)))
+    check_all(got, set(range(20)), f"{scheme} by name")
+
+
+@pytest.mark.parametrize("scheme", ["mqtts", "wss"])
+def test_certificate_for_the_address_not_the_name_refused(make_broker, workdir, scheme):
+    """The URL names localhost; the certificate names only IP:127.0.0.1, the
+    address localhost resolves to. The check is against the URL's host, so
+    this is refused: the resolved address never stands in for the name."""
+    tls = cert_naming(os.path.join(workdir, "ip-only"), "IP:127.0.0.1")
+    pair = Pair(make_broker, workdir, parent_listeners=("mqtt", scheme), scheme=scheme,
+                tls=tls, ca=tls[0], host="localhost")
+    line = pair.child.wait_log(r"cannot connect to localhost:\d+: ", timeout=15)
+    assert line, pair.child.log_tail(10)
+    print(f"\n[{scheme}, localhost, certificate for 127.0.0.1 only] {line}")
+    time.sleep(0.5)
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0
+    assert not re.search(r"link to .* up", pair.child.log())
+
+
+def test_unresolvable_parent_retried(make_broker, workdir):
+    """A parent name that does not resolve is an unreachable parent: logged
+    once with the resolver's reason, retried with the usual backoff, and the
+    hub serves its own clients meanwhile."""
+    pair = Pair(make_broker, workdir, host="nonexistent.invalid")
+    line = pair.child.wait_log(r"cannot connect to nonexistent\.invalid:\d+: connection failed: "
+                               r"cannot resolve nonexistent\.invalid: ", timeout=15)
+    assert line, pair.child.log_tail(10)
+    print(f"\n[unresolvable] {line}")
+    assert re.search(r"next attempt in [\d.]+ s, then at least every 1\.00 s", line), line
+    h.wait_until(lambda: h.metric_sum(pair.child.metrics(),
+                                      "perch_hub_upstream_connects_total") >= 3, 10,
+                 what="three attempts")
+    produce(pair.producer(), range(3))  # the loop is not held up by the lookups
+    assert h.metric_sum(pair.child.metrics(), "perch_hub_upstream_connected") == 0
 
 
 def test_parent_routes_filter_and_forward_onward(make_broker, workdir):
