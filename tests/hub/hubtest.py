@@ -13,6 +13,7 @@ Every wait here is bounded; every address is loopback.
 """
 import base64
 import os
+import random
 import re
 import select
 import signal
@@ -39,7 +40,30 @@ def is_perch():
     return AGAINST == "perch"
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+        return lo if lo > 21000 else 32768
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
+    """A port nothing listens on, below the kernel's ephemeral range: one
+    picked there (bind to port 0) can be taken by any outgoing connection
+    before the server under test binds it."""
+    lo = _ephemeral_low()
+    for _ in range(200):
+        p = random.randrange(20000, lo)
+        s = socket.socket()
+        try:
+            s.bind((HOST, p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return p
     s = socket.socket()
     s.bind((HOST, 0))
     p = s.getsockname()[1]

@@ -8,9 +8,15 @@ fail() { echo "FAIL - $*" >&2; exit 1; }
 
 # free_port: a TCP port nothing listens on.
 free_port() {
-	local p i
+	local p i lo
+	# Below the kernel's ephemeral range (ip_local_port_range, 32768 up by
+	# default): a port picked there can be taken by any outgoing connection
+	# before the test's server binds it (seen: the registry's "address
+	# already in use" right after dockerd started).
+	read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
+	[ "$lo" -gt 21000 ] 2>/dev/null || lo=32768
 	for ((i = 0; i < 100; i++)); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((20000 + RANDOM % (lo - 20000)))
 		[ -z "$(ss -Hltn "sport = :$p")" ] && { echo "$p"; return; }
 	done
 	fail "no free port found"
