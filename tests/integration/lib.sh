@@ -79,12 +79,16 @@ agent_test_cleanup() {
 			[ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
 		done
 	fi
+	# The test's network goes on every engine it used: a private engine
+	# stopped with it still defined leaves its bridge on the host for good,
+	# and enough of those exhaust Docker's address pools ("could not find an
+	# available, non-overlapping IPv4 address pool").
 	for sock in /var/run/docker.sock "${docker_socks[@]}"; do
 		[ -S "$sock" ] || continue
 		timeout 30 docker -H "unix://$sock" ps -aq --filter "label=perch.instance=$inst" |
 			xargs -r timeout 60 docker -H "unix://$sock" rm -f >/dev/null 2>&1
+		[ -n "$net" ] && timeout 60 docker -H "unix://$sock" network rm "$net" >/dev/null 2>&1
 	done
-	[ -n "$net" ] && timeout 60 docker network rm "$net" >/dev/null 2>&1
 	for i in "${images[@]}"; do timeout 60 docker rmi -f "$i" >/dev/null 2>&1; done
 	[ ${#env_dirs[@]} -gt 0 ] || env_dirs=("$PERCH_ENV_DIR")
 	for dir in "${env_dirs[@]}"; do

@@ -385,6 +385,9 @@ if [ "${PERCH_TEST_PRIVATE_DOCKERD:-1}" = 1 ]; then
 	stop_agent || fail "the agent did not stop cleanly"
 	timeout 60 docker -H "unix://$psock" ps -aq --filter "label=perch.instance=$inst" |
 		xargs -r timeout 60 docker -H "unix://$psock" rm -f >/dev/null 2>&1
+	# the agent's network too: an engine stopped with it leaves its bridge
+	# on the host for good (enough of them exhaust Docker's address pools)
+	timeout 60 docker -H "unix://$psock" network rm "$net" >/dev/null 2>&1
 	penv down >/dev/null 2>&1
 	unset sdir
 fi
