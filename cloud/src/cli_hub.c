@@ -160,6 +160,25 @@ __attribute__((format(printf, 2, 3))) static int usage_error(void (*usage)(FILE 
 	return CLI_EXIT_USAGE;
 }
 
+/* operands takes what getopt left: one name (*name) and at most one "-"
+ * (*from_stdin, counted in *sources). Returns the first argument too many,
+ * or NULL. */
+static const char *operands(int argc, char **argv, const char **name, bool *from_stdin,
+                            int *sources)
+{
+	for (int i = optind; i < argc; i++) {
+		if (strcmp(argv[i], "-") == 0 && !*from_stdin) {
+			*from_stdin = true;
+			(*sources)++;
+		} else if (*name == NULL) {
+			*name = argv[i];
+		} else {
+			return argv[i];
+		}
+	}
+	return NULL;
+}
+
 /* split_target splits TARGET (DEVICE/MODULE, DEVICE/ for a device, or one
  * name) into dev and mod ("" for none), each PERCH_DEVICE_ID_MAX + 1 bytes;
  * *one_name when there was no '/'. false for an empty device, a second '/'
@@ -548,16 +567,9 @@ int cli_cmd_c2d(cli *c, int argc, char **argv)
 	/* operands: DEVICE, and maybe "-" (the body from stdin) */
 	const char *device = NULL;
 	bool from_stdin = false;
-	for (int i = optind; i < argc; i++) {
-		if (strcmp(argv[i], "-") == 0 && !from_stdin) {
-			from_stdin = true;
-			sources++;
-		} else if (device == NULL) {
-			device = argv[i];
-		} else {
-			return usage_error(cli_usage_c2d, "c2d: unexpected argument %s", argv[i]);
-		}
-	}
+	const char *extra = operands(argc, argv, &device, &from_stdin, &sources);
+	if (extra != NULL)
+		return usage_error(cli_usage_c2d, "c2d: unexpected argument %s", extra);
 	if (device == NULL)
 		return usage_error(cli_usage_c2d, "c2d: expected DEVICE");
 	if (!perch_device_valid_id(device))
@@ -814,16 +826,9 @@ int cli_cmd_twin(cli *c, int argc, char **argv)
 	/* operands: TARGET, and maybe "-" (the desired properties from stdin) */
 	const char *target = NULL;
 	bool from_stdin = false;
-	for (int i = optind; i < argc; i++) {
-		if (strcmp(argv[i], "-") == 0 && !from_stdin) {
-			from_stdin = true;
-			sources++;
-		} else if (target == NULL) {
-			target = argv[i];
-		} else {
-			return usage_error(cli_usage_twin, "twin: unexpected argument %s", argv[i]);
-		}
-	}
+	const char *extra = operands(argc, argv, &target, &from_stdin, &sources);
+	if (extra != NULL)
+		return usage_error(cli_usage_twin, "twin: unexpected argument %s", extra);
 	if (target == NULL)
 		return usage_error(cli_usage_twin, "twin: expected TARGET");
 	char dev[PERCH_DEVICE_ID_MAX + 1], mod[PERCH_DEVICE_ID_MAX + 1];
