@@ -309,16 +309,24 @@ bool hub_iothub_link_name(const perch_iothub_topic *t, char *out, size_t cap)
 	return n > 0 && (size_t)n < cap;
 }
 
+perch_err hub_iothub_link_topic(char *out, size_t cap, size_t *out_len, perch_iothub_kind kind,
+                                const char *name, perch_slice method, unsigned status,
+                                perch_slice rid, bool has_version, uint64_t version)
+{
+	perch_slice dev, mod;
+	hub_iothub_split_name(name, &dev, &mod);
+	return perch_iothub_build_link(out, cap, out_len, kind, dev, mod, method, status, rid,
+	                               has_version, version);
+}
+
 perch_err hub_iothub_link_send(hub_conn *c, perch_iothub_kind kind, const char *name,
                                perch_slice method, unsigned status, perch_slice rid,
                                bool has_version, uint64_t version, perch_slice body)
 {
 	char topic[MAX_SENT_TOPIC];
 	size_t tlen = 0;
-	perch_slice dev, mod;
-	hub_iothub_split_name(name, &dev, &mod);
-	perch_err err = perch_iothub_build_link(topic, sizeof topic, &tlen, kind, dev, mod, method,
-	                                        status, rid, has_version, version);
+	perch_err err = hub_iothub_link_topic(topic, sizeof topic, &tlen, kind, name, method,
+	                                      status, rid, has_version, version);
 	if (err != PERCH_OK)
 		return err;
 	perch_slice t = {topic, tlen};
@@ -558,12 +566,10 @@ static void send_patch(hub_iothub *x, const char *name, uint64_t v, const json_t
 		return;
 	char topic[MAX_SENT_TOPIC];
 	size_t tlen = 0;
-	perch_slice dev, mod;
-	hub_iothub_split_name(name, &dev, &mod);
-	perch_err berr = link ? perch_iothub_build_link(topic, sizeof topic, &tlen,
-	                                                PERCH_IOTHUB_LINK_TWIN_DESIRED, dev, mod,
-	                                                (perch_slice){NULL, 0}, 0,
-	                                                (perch_slice){NULL, 0}, true, v)
+	perch_err berr = link ? hub_iothub_link_topic(topic, sizeof topic, &tlen,
+	                                              PERCH_IOTHUB_LINK_TWIN_DESIRED, name,
+	                                              (perch_slice){NULL, 0}, 0,
+	                                              (perch_slice){NULL, 0}, true, v)
 	                      : perch_iothub_build_desired(topic, sizeof topic, &tlen, v);
 	if (berr != PERCH_OK)
 		return;

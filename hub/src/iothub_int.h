@@ -75,6 +75,14 @@ void hub_iothub_split_name(const char *name, perch_slice *device, perch_slice *m
 /* hub_iothub_link_name: "d" or "d/m" from a link topic's (decoded) ids. */
 bool hub_iothub_link_name(const perch_iothub_topic *t, char *out, size_t cap);
 
+/* hub_iothub_link_topic writes the link topic ($edgehub/{name}/...) of kind
+ * for identity name ("d" or "d/m") into out: perch_iothub_build_link with
+ * the name split, the same arguments and errors. */
+PERCH_MUST_USE perch_err hub_iothub_link_topic(char *out, size_t cap, size_t *out_len,
+                                               perch_iothub_kind kind, const char *name,
+                                               perch_slice method, unsigned status, perch_slice rid,
+                                               bool has_version, uint64_t version);
+
 /*
  * hub_iothub_link_send sends a link topic ($edgehub/{name}/..., built by
  * perch_iothub_build_link from the other arguments) with body to a child

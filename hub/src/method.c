@@ -205,32 +205,30 @@ static bool try_send(hub *h, hub_method_call *call, hub_conn *c, bool *ended)
 {
 	hub_methods *m = methods_of(h);
 	*ended = false;
-	char topic[256 + MAX_METHOD_NAME];
+	/* $iothub/methods/POST/{name}/?$rid=, or behind a child hub
+	 * $edgehub/{d}[/{m}]/methods/post/{name}/?$rid= (two ids of up to 128
+	 * characters, percent-encoded at worst, besides the name and rid). */
+	char topic[1024];
 	size_t tlen = 0;
-	if (perch_iothub_build_method_request(topic, sizeof topic, &tlen,
-	                                      perch_slice_cstr(call->method),
-	                                      perch_slice_cstr(call->rid)) != PERCH_OK) {
+	bool link = call->edge[0] != '\0';
+	perch_err err = link ? hub_iothub_link_topic(topic, sizeof topic, &tlen,
+	                                             PERCH_IOTHUB_LINK_METHOD_REQUEST, call->target,
+	                                             perch_slice_cstr(call->method), 0,
+	                                             perch_slice_cstr(call->rid), false, 0)
+	                     : perch_iothub_build_method_request(topic, sizeof topic, &tlen,
+	                                                         perch_slice_cstr(call->method),
+	                                                         perch_slice_cstr(call->rid));
+	if (err != PERCH_OK) {
 		*ended = true;
-		finish_error(h, call, 400, ERR_ARGUMENT_INVALID, "the method name cannot be sent");
+		finish_error(h, call, 400, ERR_ARGUMENT_INVALID,
+		             link ? "the target's name cannot be sent down the link"
+		                  : "the method name cannot be sent");
 		return true;
-	}
-	if (call->edge[0] != '\0') {
-		perch_slice dev, mod;
-		hub_iothub_split_name(call->target, &dev, &mod);
-		if (perch_iothub_build_link(topic, sizeof topic, &tlen,
-		                            PERCH_IOTHUB_LINK_METHOD_REQUEST, dev, mod,
-		                            perch_slice_cstr(call->method), 0,
-		                            perch_slice_cstr(call->rid), false, 0) != PERCH_OK) {
-			*ended = true;
-			finish_error(h, call, 400, ERR_ARGUMENT_INVALID,
-			             "the target's name cannot be sent down the link");
-			return true;
-		}
 	}
 	perch_slice t = {topic, tlen};
 	if (c == NULL || c->state != HUB_CONN_ACTIVE || !hub_broker_subscribed(c, t, NULL))
 		return false;
-	perch_err err = hub_iothub_send(c, t, (perch_slice){call->payload, call->len}, false);
+	err = hub_iothub_send(c, t, (perch_slice){call->payload, call->len}, false);
 	if (err != PERCH_OK) {
 		*ended = true;
 		PERCH_WARN(LOG_MOD, "%s: method %s for %s not sent: %s", call->target, call->method,

@@ -130,10 +130,8 @@ static perch_err send_link(hub_twinsync *s, perch_iothub_kind kind, const char *
 {
 	char topic[1024];
 	size_t tlen = 0;
-	perch_slice dev, mod;
-	hub_iothub_split_name(name, &dev, &mod);
-	perch_err err = perch_iothub_build_link(topic, sizeof topic, &tlen, kind, dev, mod,
-	                                        (perch_slice){NULL, 0}, status, rid, false, 0);
+	perch_err err = hub_iothub_link_topic(topic, sizeof topic, &tlen, kind, name,
+	                                      (perch_slice){NULL, 0}, status, rid, false, 0);
 	if (err == PERCH_OK)
 		err = hub_upstream_link_send(s->h, (perch_slice){topic, tlen}, body, qos1);
 	return err;
