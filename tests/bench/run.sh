@@ -9,9 +9,10 @@
 #   PERCH_SOAK=1 tests/bench/run.sh   the same scenarios, longer (make soak)
 #
 # For every scenario — QoS 0 and 1 x (1 to 1, 10 to 10, 100 to 1) x (TCP, WebSocket),
-# 256-byte payloads — each broker is started fresh, the scenario runs twice
-# against it (a paced run for latency, a saturating closed-loop run for
-# throughput), and the broker is stopped. Then each broker's resident memory,
+# 256-byte payloads — both brokers are started fresh, paced runs for latency
+# alternate between them (PERCH_BENCH_LAT_ROUNDS each), then a saturating
+# closed-loop run for throughput against each, and both are stopped. Then each
+# broker's resident memory,
 # idle and with 1,000 connected clients. It prints a table with both results and
 # the ratio hub/mosquitto and writes it as Markdown to $O/bench/results.md (raw
 # JSON lines beside it in $O/bench/raw/). It reports; it does not judge: the
@@ -25,7 +26,9 @@
 #   O                       build directory (build)
 #   PERCH_SOAK=1            longer runs (30 s throughput, 10 s latency)
 #   PERCH_BENCH_SECONDS     seconds of each throughput run (3)
-#   PERCH_BENCH_LAT_SECONDS seconds of each paced latency run (2)
+#   PERCH_BENCH_LAT_SECONDS seconds of each paced latency run (5)
+#   PERCH_BENCH_LAT_ROUNDS  paced runs per broker and scenario, alternating between the
+#                           brokers; the report gives the median of their p50s and p99s (3)
 #   PERCH_BENCH_RATE        total messages/s of the paced latency runs (1000)
 #   PERCH_BENCH_CLIENTS     idle clients for the memory measurement (1000)
 #   PERCH_BENCH_ONLY        regex over scenario names (e.g. 'tcp-q1'), others skipped
@@ -61,7 +64,8 @@ for a in "$@"; do
 done
 
 SECS=${PERCH_BENCH_SECONDS:-3}
-LAT_SECS=${PERCH_BENCH_LAT_SECONDS:-2}
+LAT_SECS=${PERCH_BENCH_LAT_SECONDS:-5}
+LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-3}
 RATE=${PERCH_BENCH_RATE:-1000}
 CLIENTS=${PERCH_BENCH_CLIENTS:-1000}
 ONLY=${PERCH_BENCH_ONLY:-.}
@@ -69,6 +73,7 @@ BROKERS=${PERCH_BENCH_BROKERS:-mosquitto hub}
 if [ "${PERCH_SOAK:-0}" = 1 ]; then
 	SECS=${PERCH_BENCH_SECONDS:-30}
 	LAT_SECS=${PERCH_BENCH_LAT_SECONDS:-10}
+	LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-5}
 fi
 if [ $SMOKE = 1 ]; then
 	SECS=1 LAT_SECS=0 CLIENTS=${PERCH_BENCH_CLIENTS:-100}
@@ -267,6 +272,11 @@ for s in $SCENARIOS; do
 	order="mosquitto hub"
 	[ $((n % 2)) = 1 ] && order="hub mosquitto" # alternate, so drift hurts neither
 	n=$((n + 1))
+	# Both brokers run through the whole scenario (the idle one costs nothing),
+	# so that the paced rounds can alternate between them: a burst of noise from
+	# the rest of the machine then falls on both sides alike.
+	up=()
+	declare -A PID_OF=() PORT_OF=()
 	for b in $order; do
 		have_broker $b || continue
 		[ $b = mosquitto ] && [ $transport = ws ] && [ $MOSQ_WS = 0 ] && continue
@@ -280,14 +290,22 @@ for s in $SCENARIOS; do
 				>"$RAW/$b-$s.json"
 			continue
 		fi
-		if [ "$LAT_SECS" != 0 ]; then
-			# shellcheck disable=SC2086
-			run_load "$b-$s-lat" "$BPORT" "$transport" --qos "$q" $PERSIST $LARGS \
-				--duration "$LAT_SECS" --rate "$lat_rate" --drain 2
-		fi
+		up+=("$b")
+		PID_OF[$b]=$BPID PORT_OF[$b]=$BPORT
+	done
+	if [ "$LAT_SECS" != 0 ]; then
+		for ((r = 1; r <= LAT_ROUNDS; r++)); do
+			for b in "${up[@]}"; do
+				# shellcheck disable=SC2086
+				run_load "$b-$s-lat$r" "${PORT_OF[$b]}" "$transport" --qos "$q" $PERSIST $LARGS \
+					--duration "$LAT_SECS" --rate "$lat_rate" --drain 2
+			done
+		done
+	fi
+	for b in "${up[@]}"; do
 		# shellcheck disable=SC2086
-		run_load "$b-$s" "$BPORT" "$transport" --qos "$q" $PERSIST $LARGS --duration "$SECS" --drain 3
-		stop_pid "$BPID"
+		run_load "$b-$s" "${PORT_OF[$b]}" "$transport" --qos "$q" $PERSIST $LARGS --duration "$SECS" --drain 3
+		stop_pid "${PID_OF[$b]}"
 	done
 done
 
@@ -350,6 +368,23 @@ elapsed=$((SECONDS - started_at))
 J() { # FILE FIELD: a field of a raw JSON line, empty if absent
 	[ -s "$1" ] && jq -r --arg f "$2" '.[$f] // empty' "$1" 2>/dev/null
 }
+lat_median() { # PREFIX FIELD: the median of FIELD over the paced rounds PREFIX-lat1..N
+	local r v=()
+	for ((r = 1; r <= LAT_ROUNDS; r++)); do v+=("$(J "$RAW/$1-lat$r.json" "$2")"); done
+	printf '%s\n' "${v[@]}" | grep . | sort -g | awk '{ a[n++] = $1 } END {
+		if (n == 0) exit
+		if (n % 2) print a[(n - 1) / 2]; else print (a[n / 2 - 1] + a[n / 2]) / 2 }'
+}
+lat_wins() { # SCENARIO: "k of n" rounds whose hub p99 <= the adjacent mosquitto round's
+	local r h m k=0 n=0
+	for ((r = 1; r <= LAT_ROUNDS; r++)); do
+		h=$(J "$RAW/hub-$1-lat$r.json" lat_p99_us) m=$(J "$RAW/mosquitto-$1-lat$r.json" lat_p99_us)
+		[ -n "$h" ] && [ -n "$m" ] || continue
+		n=$((n + 1))
+		awk -v h="$h" -v m="$m" 'BEGIN { exit !(h <= m) }' && k=$((k + 1))
+	done
+	if [ $n = 0 ]; then echo "—"; else echo "$k of $n"; fi
+}
 fmt_rate() { awk -v v="$1" 'BEGIN { if (v == "") print "—"; else printf "%.0f", v }'; }
 fmt_us() { awk -v v="$1" 'BEGIN { if (v == "" || v + 0 == 0) print "—"; else if (v >= 10000) printf "%.1f ms", v / 1000; else printf "%.0f µs", v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a + 0 == 0 || b + 0 == 0) print "—"; else printf "%.2fx", a / b }'; }
@@ -370,7 +405,7 @@ note_run() { # FILE
 	if [ "${e:-0}" != 0 ] || [ "${l:-0}" != 0 ] || [ "${d:-0}" != 0 ]; then
 		issues+=("$(basename "$f" .json): errors ${e:-0} (first: $(J "$f" first_error)), lost ${l:-0}, duplicates ${d:-0}")
 	fi
-	case $f in *-lat.json | *-mem.json) ;; *)
+	case $f in *-lat[0-9]*.json | *-mem.json) ;; *)
 		[ "${c:-0}" -ge 85 ] 2>/dev/null && bound+=("$(basename "$f" .json) (generator at $c% CPU)") ;;
 	esac
 }
@@ -418,20 +453,24 @@ md=$OUT/results.md
 		echo
 		echo "## Latency (publish to delivery, same host, CLOCK_MONOTONIC)"
 		echo
-		echo "Paced runs: $RATE messages/s in all, spread over the publishers, $LAT_SECS s each."
+		echo "Paced runs: $RATE messages/s in all, spread over the publishers, $LAT_SECS s each,"
+		echo "$LAT_ROUNDS per broker and scenario, alternating between the brokers (both run"
+		echo "throughout). Each cell is the median over the rounds; \"rounds\" counts the rounds"
+		echo "in which the hub's p99 was no worse than the mosquitto round just before or after it."
 		echo "Target: hub p99 no worse than mosquitto's (ratio <= 1)."
 		echo
-		echo "| scenario | transport | QoS | mosquitto p50 | mosquitto p99 | hub p50 | hub p99 | p99 hub/mosquitto |"
-		echo "|---|---|---|---:|---:|---:|---:|---:|"
+		echo "| scenario | transport | QoS | mosquitto p50 | mosquitto p99 | hub p50 | hub p99 | p99 hub/mosquitto | rounds hub p99 <= mosquitto p99 |"
+		echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
 		for s in $SCENARIOS; do
 			[[ $s =~ $ONLY ]] || continue
 			IFS=- read -r transport qos layout <<<"$s"
 			case $layout in 1to1) what="1 to 1" ;; pairs) what="10 to 10" ;; fanin) what="100 to 1" ;; esac
-			fm=$RAW/mosquitto-$s-lat.json fh=$RAW/hub-$s-lat.json
-			note_run "$fm"
-			note_run "$fh"
-			m99=$(J "$fm" lat_p99_us) h99=$(J "$fh" lat_p99_us)
-			ql=${qos#q}; [ "$ql" = d ] && ql="1 durable"; echo "| $what | $transport | $ql | $(fmt_us "$(J "$fm" lat_p50_us)") | $(fmt_us "$m99") | $(fmt_us "$(J "$fh" lat_p50_us)") | $(fmt_us "$h99") | $(ratio "$h99" "$m99") |"
+			for ((r = 1; r <= LAT_ROUNDS; r++)); do
+				note_run "$RAW/mosquitto-$s-lat$r.json"
+				note_run "$RAW/hub-$s-lat$r.json"
+			done
+			m99=$(lat_median "mosquitto-$s" lat_p99_us) h99=$(lat_median "hub-$s" lat_p99_us)
+			ql=${qos#q}; [ "$ql" = d ] && ql="1 durable"; echo "| $what | $transport | $ql | $(fmt_us "$(lat_median "mosquitto-$s" lat_p50_us)") | $(fmt_us "$m99") | $(fmt_us "$(lat_median "hub-$s" lat_p50_us)") | $(fmt_us "$h99") | $(ratio "$h99" "$m99") | $(lat_wins "$s") |"
 		done
 	fi
 	echo
