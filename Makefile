@@ -16,6 +16,7 @@ O        ?= build
 PREFIX   ?= /usr/local
 SYSCONFDIR ?= /etc
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
+DOCDIR   ?= $(PREFIX)/share/doc/perch
 DESTDIR  ?=
 SAN      ?=
 FUZZ_SECONDS ?= 20
@@ -190,12 +191,14 @@ format:
 
 # --- install ----------------------------------------------------------------
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/perch
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/perch \
+	  $(DESTDIR)$(DOCDIR)
 	$(if $(BINS),install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/)
+	install -m 0644 README.md LICENSE docs/*.md $(DESTDIR)$(DOCDIR)/
 	@for u in deploy/systemd/*.service; do [ -e "$$u" ] || continue; \
 	  n=$$(basename $$u .service); \
 	  if [ -x $(O)/bin/$$n ]; then \
-	    sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$n.service; \
+	    sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$n.service; \
 	    echo "installed unit $$n.service"; fi; done
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/perch/config.yaml ]; then \
 	  echo "kept existing $(DESTDIR)$(SYSCONFDIR)/perch/config.yaml"; \
