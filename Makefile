@@ -134,7 +134,8 @@ $(foreach n,$(FUZZ_NAMES),$(eval $(call REPLAY_RULE,$(n))))
 # libFuzzer builds: clang, every library source compiled again with coverage.
 FUZZ_CFLAGS := $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined \
                -fno-sanitize-recover=all $(INCS) $(PKG_CFLAGS) -DPERCH_FUZZING=1
-FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC) $(call daemon_src,agent)
+# The hub's pure parts that read what clients send: twins, identities.
+FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC) $(call daemon_src,agent) hub/src/twin.c hub/src/identity.c
 fobj = $(patsubst %.c,$(O)/fuzzobj/%.o,$(1))
 $(O)/fuzzobj/%.o: %.c
 	@mkdir -p $(@D)
