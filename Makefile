@@ -16,6 +16,7 @@ O        ?= build
 PREFIX   ?= /usr/local
 SYSCONFDIR ?= /etc
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
+DOCDIR   ?= $(PREFIX)/share/doc/perch
 DESTDIR  ?=
 SAN      ?=
 FUZZ_SECONDS ?= 20
@@ -133,7 +134,8 @@ $(foreach n,$(FUZZ_NAMES),$(eval $(call REPLAY_RULE,$(n))))
 # libFuzzer builds: clang, every library source compiled again with coverage.
 FUZZ_CFLAGS := $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined \
                -fno-sanitize-recover=all $(INCS) $(PKG_CFLAGS) -DPERCH_FUZZING=1
-FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC) $(call daemon_src,agent)
+# The hub's pure parts that read what clients send: twins, identities.
+FUZZ_LIB_SRC = $(COMMON_SRC) $(PROTO_SRC) $(call daemon_src,agent) hub/src/twin.c hub/src/identity.c
 fobj = $(patsubst %.c,$(O)/fuzzobj/%.o,$(1))
 $(O)/fuzzobj/%.o: %.c
 	@mkdir -p $(@D)
@@ -190,12 +192,14 @@ format:
 
 # --- install ----------------------------------------------------------------
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/perch
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/perch \
+	  $(DESTDIR)$(DOCDIR)
 	$(if $(BINS),install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/)
+	install -m 0644 README.md LICENSE docs/*.md $(DESTDIR)$(DOCDIR)/
 	@for u in deploy/systemd/*.service; do [ -e "$$u" ] || continue; \
 	  n=$$(basename $$u .service); \
 	  if [ -x $(O)/bin/$$n ]; then \
-	    sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$n.service; \
+	    sed 's|@BINDIR@|$(PREFIX)/bin|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' $$u > $(DESTDIR)$(UNITDIR)/$$n.service; \
 	    echo "installed unit $$n.service"; fi; done
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/perch/config.yaml ]; then \
 	  echo "kept existing $(DESTDIR)$(SYSCONFDIR)/perch/config.yaml"; \

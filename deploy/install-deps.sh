@@ -40,8 +40,8 @@ packages=(
 	docker.io docker-registry apache2-utils
 	# MQTT peers and clients
 	mosquitto mosquitto-clients python3-paho-mqtt python3-websockets
-	# test tools
-	faketime curl iproute2 python3-pytest openssl
+	# test tools (systemd: systemd-analyze checks the installed units)
+	faketime curl iproute2 python3-pytest openssl systemd
 	# the cloud's PostgreSQL backend
 	postgresql
 )

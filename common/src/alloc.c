@@ -21,6 +21,15 @@ static atomic_size_t live_blocks;
 static atomic_size_t limit_bytes;       /* 0: none */
 static atomic_long fail_countdown = -1; /* <0: off */
 static atomic_size_t failures;
+static atomic_size_t peak_bytes; /* most live_bytes seen since the last reset */
+
+/* grew records that live bytes reached now (after an allocation). */
+static void grew(size_t now)
+{
+	size_t peak = atomic_load(&peak_bytes);
+	while (now > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, now))
+		;
+}
 
 /* should_fail decides whether the allocation of size more bytes fails. */
 static int should_fail(size_t more)
@@ -54,7 +63,7 @@ void *perch_malloc(size_t size)
 		return NULL;
 	}
 	memcpy(p, &size, sizeof size);
-	atomic_fetch_add(&live_bytes, size);
+	grew(atomic_fetch_add(&live_bytes, size) + size);
 	atomic_fetch_add(&live_blocks, 1);
 	return p + HDR;
 }
@@ -96,7 +105,7 @@ void *perch_realloc(void *ptr, size_t size)
 		return NULL;
 	}
 	memcpy(q, &size, sizeof size);
-	atomic_fetch_add(&live_bytes, size);
+	grew(atomic_fetch_add(&live_bytes, size) + size);
 	atomic_fetch_sub(&live_bytes, old);
 	return q + HDR;
 }
@@ -156,4 +165,12 @@ void perch_alloc_fail_after(long n)
 size_t perch_alloc_failures(void)
 {
 	return atomic_load(&failures);
+}
+size_t perch_alloc_peak(void)
+{
+	return atomic_load(&peak_bytes);
+}
+void perch_alloc_reset_peak(void)
+{
+	atomic_store(&peak_bytes, atomic_load(&live_bytes));
 }

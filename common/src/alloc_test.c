@@ -1,6 +1,6 @@
 /*
- * alloc_test.c — unit tests for the counting allocator: counts, limits and
- * fault injection.
+ * alloc_test.c — unit tests for the counting allocator: counts, the peak,
+ * limits and fault injection.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -94,12 +94,44 @@ static void test_fail_after(void **state)
 	perch_alloc_fail_after(-1);
 }
 
+/* The peak remembers the most bytes live at once, after everything is
+ * freed, until it is reset to what is live now. */
+static void test_peak(void **state)
+{
+	(void)state;
+	size_t b0 = perch_alloc_bytes();
+	perch_alloc_reset_peak();
+	assert_int_equal(perch_alloc_peak(), b0);
+	char *a = perch_malloc(1000), *b = perch_malloc(24);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_int_equal(perch_alloc_peak(), b0 + 1024);
+	perch_free(a);
+	perch_free(b);
+	assert_int_equal(perch_alloc_bytes(), b0);
+	assert_int_equal(perch_alloc_peak(), b0 + 1024);
+	/* a realloc may hold old and new at once: counted so */
+	a = perch_malloc(100);
+	assert_non_null(a);
+	perch_alloc_reset_peak();
+	a = perch_realloc(a, 3000);
+	assert_non_null(a);
+	assert_int_equal(perch_alloc_peak(), b0 + 3100);
+	perch_free(a);
+	/* refused allocations do not count */
+	perch_alloc_reset_peak();
+	perch_alloc_set_limit(b0 + 100);
+	assert_null(perch_malloc(1 << 20));
+	perch_alloc_set_limit(0);
+	assert_int_equal(perch_alloc_peak(), b0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	        cmocka_unit_test(test_counts),          cmocka_unit_test(test_strdup),
-	        cmocka_unit_test(test_calloc_overflow), cmocka_unit_test(test_limit),
-	        cmocka_unit_test(test_fail_after),
+	        cmocka_unit_test(test_counts), cmocka_unit_test(test_peak),
+	        cmocka_unit_test(test_strdup), cmocka_unit_test(test_calloc_overflow),
+	        cmocka_unit_test(test_limit),  cmocka_unit_test(test_fail_after),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

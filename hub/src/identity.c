@@ -49,8 +49,10 @@ static bool copy_id(const char *s, size_t n, char *out)
 /* split_client_id: "d" or "d/m". */
 static bool split_client_id(perch_slice cid, char *dev, char *mod)
 {
-	const char *slash = memchr(cid.ptr, '/', cid.len);
 	mod[0] = '\0';
+	if (cid.len == 0) /* and cid.ptr may be NULL: not for memchr */
+		return false;
+	const char *slash = memchr(cid.ptr, '/', cid.len);
 	if (slash == NULL)
 		return copy_id(cid.ptr, cid.len, dev);
 	size_t dn = (size_t)(slash - cid.ptr);
@@ -61,6 +63,8 @@ static bool split_client_id(perch_slice cid, char *dev, char *mod)
 static bool username_ok(const hub_identities *ids, perch_slice user, const char *dev,
                         const char *mod)
 {
+	if (user.len == 0) /* and user.ptr may be NULL: not for memchr */
+		return false;
 	const char *q = memchr(user.ptr, '?', user.len);
 	size_t n = q != NULL ? (size_t)(q - user.ptr) : user.len;
 	if (n > 0 && user.ptr[n - 1] == '/')

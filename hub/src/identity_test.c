@@ -319,6 +319,33 @@ static void test_authorization(void **state)
 
 /* A child edge hub ("edge": true) speaks for its modules and for the leaf
  * devices registered under it ("parent"); nothing else. */
+/* Empty client ids and user names may come as {NULL, 0} (slice.h): refused
+ * for what they are, without handing NULL to memchr (UBSan; found by
+ * fuzz_hub_identity). */
+static void test_null_slices(void **state)
+{
+	(void)state;
+	hub_identities ids;
+	setup_ids(&ids);
+	char tok[1024];
+	token(HOST "/devices/" DEV, DEVKEY, NOW + 60, tok, sizeof tok);
+	hub_auth_request req = {.client_id = {NULL, 0},
+	                        .username = {NULL, 0},
+	                        .has_password = true,
+	                        .password = perch_slice_cstr(tok),
+	                        .now = NOW};
+	hub_identity id;
+	uint8_t code = 0;
+	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_BAD_CLIENT_ID);
+	assert_int_equal(code, 2);
+	req.client_id = perch_slice_cstr(DEV);
+	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_BAD_USERNAME);
+	assert_int_equal(code, 5);
+	req.username = perch_slice_cstr(HOST "/" DEV "/?api-version=2021-04-12");
+	assert_int_equal(hub_auth_check(&ids, &req, &id, &code), HUB_AUTH_OK);
+	hub_identities_fini(&ids);
+}
+
 static void test_child_edge_hub(void **state)
 {
 	(void)state;
@@ -412,7 +439,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_child_edge_hub),        cmocka_unit_test(test_module_tokens),
 	        cmocka_unit_test(test_devices_and_anonymous), cmocka_unit_test(test_identities_end),
-	        cmocka_unit_test(test_authorization),
+	        cmocka_unit_test(test_authorization),         cmocka_unit_test(test_null_slices),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -334,6 +334,8 @@ perch_err perch_iothub_topic_parse(perch_slice topic, perch_iothub_topic *out,
 {
 	memset(out, 0, sizeof *out);
 	perch_iothub_reason r = PERCH_IOTHUB_OK;
+	if (topic.ptr == NULL) /* an empty slice may be {NULL, 0}: no arithmetic on NULL */
+		topic = (perch_slice){"", 0};
 	if (topic.len > PERCH_IOTHUB_MAX_TOPIC) {
 		r = PERCH_IOTHUB_TOO_LONG;
 		goto done;

@@ -314,6 +314,7 @@ static void test_huge_connect(void **state)
 	(void)state;
 	static const uint8_t claim[] = {0x10, 0xff, 0xff, 0xff, 0x7f, 0, 4, 'M', 'Q'};
 	size_t b0 = perch_alloc_bytes(), f0 = perch_alloc_failures();
+	perch_alloc_reset_peak();
 	perch_alloc_set_limit(b0 + 4096);
 	for (int bytewise = 0; bytewise < 2; bytewise++) {
 		perch_mqtt_decoder d;
@@ -338,6 +339,23 @@ static void test_huge_connect(void **state)
 	}
 	assert_int_equal(perch_alloc_failures(), f0);
 	perch_alloc_set_limit(0);
+	/* Without a limit either: at no moment was more than a few KiB live. */
+	perch_alloc_reset_peak();
+	for (size_t cut = 1; cut <= sizeof claim; cut++) {
+		perch_mqtt_decoder d;
+		perch_mqtt_packet pkt;
+		size_t used;
+		perch_mqtt_decoder_init(&d, PERCH_MQTT_SERVER, PERCH_MQTT_MAX_PACKET, 0);
+		perch_err err = perch_mqtt_decode(&d, claim, cut, &used, &pkt);
+		if (err == PERCH_EAGAIN) {
+			assert_int_equal(used, cut);
+			err = perch_mqtt_decode(&d, claim + cut, sizeof claim - cut, &used, &pkt);
+		}
+		assert_int_equal(err, PERCH_ETOOBIG);
+		perch_mqtt_decoder_fini(&d);
+	}
+	assert_true(perch_alloc_peak() <= b0 + 4096);
+	assert_int_equal(perch_alloc_bytes(), b0);
 
 	/* The general limit, after CONNECT, also holds before allocating. */
 	perch_mqtt_decoder d;

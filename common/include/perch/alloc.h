@@ -52,4 +52,12 @@ void perch_alloc_fail_after(long n);
 /* perch_alloc_failures returns how many allocations have failed so far. */
 size_t perch_alloc_failures(void);
 
+/* perch_alloc_peak returns the most bytes live at once since the last
+ * perch_alloc_reset_peak (or since start), which sets it to the bytes live
+ * now. Tests use the pair to bound what an operation allocates at its
+ * worst, even when it frees everything before returning. (A realloc counts
+ * its new size on top of the old for a moment, as it may hold both.) */
+size_t perch_alloc_peak(void);
+void perch_alloc_reset_peak(void);
+
 #endif /* PERCH_ALLOC_H */
