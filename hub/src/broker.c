@@ -108,7 +108,8 @@ typedef struct hub_broker {
 	size_t nstarved, capstarved;
 	hub_conn **paused; /* connections not read while the store catches up */
 	size_t npaused, cappaused;
-	int lock_fd; /* data_dir/hub.lock, flock()ed while we run; -1 none */
+	int64_t stall_check_ms; /* next look for connections that do not read */
+	int lock_fd;            /* data_dir/hub.lock, flock()ed while we run; -1 none */
 } hub_broker;
 
 /* The store's writer may fall behind a fast loop: above HIGH recorded and
@@ -1461,10 +1462,29 @@ perch_err hub_broker_open(hub *h)
 	return PERCH_OK;
 }
 
+/* check_stalled closes, once a second, the connections that have not taken
+ * any of what they were sent for hub.send_timeout (hub_conn_check_stalled). */
+static void check_stalled(hub_broker *b)
+{
+	int64_t now = hub_now_ms();
+	if (now < b->stall_check_ms)
+		return;
+	b->stall_check_ms = now + 1000;
+	size_t pos = 0;
+	const perch_map_slot *slot;
+	while ((slot = perch_map_next(&b->sessions, &pos)) != NULL) {
+		hub_session *s = slot->value;
+		if (s->conn != NULL)
+			hub_conn_check_stalled(s->conn, now);
+	}
+}
+
 void hub_broker_tick(hub *h)
 {
 	(void)hub_auth_tick(h);
 	hub_iothub_tick(h);
+	if (h->broker != NULL)
+		check_stalled(h->broker);
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
 		feed_starved(h->broker);

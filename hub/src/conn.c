@@ -9,9 +9,11 @@
  * already sent is overwritten. Several packets go out in one write (and, over
  * WebSocket, in one binary frame).
  */
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -20,10 +22,9 @@
 #include "perch/alloc.h"
 #include "perch/log.h"
 
-#define LOG_MOD           "hub.conn"
-#define WRITE_CHUNK_MAX   ((size_t)256 * 1024) /* bytes per lws_write */
-#define TX_INITIAL        ((size_t)16 * 1024)
-#define TX_FULL_TIMEOUT_S 60 /* a peer that reads nothing for this long is closed */
+#define LOG_MOD         "hub.conn"
+#define WRITE_CHUNK_MAX ((size_t)256 * 1024) /* bytes per lws_write */
+#define TX_INITIAL      ((size_t)16 * 1024)
 
 int64_t hub_now_ms(void)
 {
@@ -84,6 +85,8 @@ perch_err hub_conn_send(hub_conn *c, const void *a, size_t alen, const void *b, 
 		return PERCH_ECLOSED;
 	if (!force && hub_conn_pending(c) + add > c->hub->cfg.max_tx_bytes)
 		return PERCH_ENOSPC;
+	if (hub_conn_pending(c) == 0)
+		c->tx_progress_ms = hub_now_ms(); /* the send timeout starts now */
 	if (c->tx == NULL) {
 		size_t cap = LWS_PRE + (add > TX_INITIAL ? add : TX_INITIAL);
 		c->tx = perch_malloc(cap);
@@ -154,6 +157,31 @@ void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail)
 	}
 }
 
+void hub_conn_check_stalled(hub_conn *c, int64_t now)
+{
+	if (c->state != HUB_CONN_ACTIVE)
+		return;
+	/* Bytes the kernel holds that the peer has not acknowledged yet: they
+	 * go down only when the peer reads (a window of 0 stops them). */
+	int outq = 0;
+	int fd = lws_get_socket_fd(c->wsi);
+	if (fd < 0 || ioctl(fd, SIOCOUTQ, &outq) != 0 || outq < 0)
+		outq = 0;
+	bool taken = (size_t)outq < c->tx_outq;
+	c->tx_outq = (size_t)outq;
+	if ((hub_conn_pending(c) == 0 && outq == 0) || taken) {
+		c->tx_progress_ms = now;
+		return;
+	}
+	if (now - c->tx_progress_ms < c->hub->cfg.send_timeout_ms)
+		return;
+	char detail[96];
+	snprintf(detail, sizeof detail, "%zu bytes unsent, none taken for %lld s",
+	         hub_conn_pending(c) + (size_t)outq, (long long)((now - c->tx_progress_ms) / 1000));
+	hub_metrics_protocol_error(c->hub->metrics, "peer_not_reading");
+	hub_conn_close_soon(c, "peer does not read what it is sent", detail);
+}
+
 /* protocol_error closes c for a violation found by the decoder or broker. */
 static int protocol_error(hub_conn *c, perch_err err)
 {
@@ -208,7 +236,7 @@ int hub_conn_rx(hub_conn *c, const uint8_t *in, size_t len)
 	if (!c->tx_full && hub_conn_pending(c) > c->hub->cfg.max_tx_bytes) {
 		c->tx_full = true;
 		lws_rx_flow_control(c->wsi, 0);
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, TX_FULL_TIMEOUT_S);
+		set_timeout_s(c, c->hub->cfg.send_timeout_ms);
 	}
 	return 0;
 }
@@ -226,6 +254,7 @@ int hub_conn_writeable(hub_conn *c)
 			return -1;
 		}
 		hub_metrics_tx_bytes(c->hub->metrics, n);
+		c->tx_progress_ms = hub_now_ms();
 		c->tx_head += n;
 		if (c->tx_head == c->tx_len)
 			c->tx_head = c->tx_len = LWS_PRE;

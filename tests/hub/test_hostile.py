@@ -236,3 +236,40 @@ def test_protocol_error_metric(broker):
     run_case(broker, "tcp", b"\xd0\x00", r"pingresp|unexpected|server|invalid|type|protocol", connect=True)
     after = h.metric_sum(broker.metrics(), "perch_hub_protocol_errors_total")
     assert after is not None and after >= before + 1, f"protocol_errors_total {before} -> {after}"
+
+
+@pytest.mark.perch_only("hub.send_timeout")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("qos", [0, 1])
+def test_never_reading_client_closed(make_broker, transport, qos):
+    """A subscriber that never reads its socket (and keeps no keepalive that
+    would end it) is closed once hub.send_timeout (3 s here) passes without it
+    taking any of what it was sent: one log line with the reason, counted in
+    protocol_errors_total{reason="peer_not_reading"}, memory flat, others
+    unaffected. A slow reader that does read is not closed."""
+    b = make_broker(limits={"send_timeout": "3s"})
+    w = h.Witness(b)
+    lazy = h.Raw(b.ports["mqtt" if transport == "tcp" else "ws"], transport, rcvbuf=4096)
+    lazy.connect("never-reads", keepalive=0)
+    lazy.subscribe([("nr/#", qos)])
+    slow = h.raw_client(b, "tcp", client_id="slow-but-reads", keepalive=0)
+    slow.subscribe([("nr/#", qos)])
+    mark = b.log_mark()
+    rss0 = b.rss_kb()
+    pub = h.raw_client(b, "tcp", client_id="nr-pub")
+    body = b"N" * 16384
+    t0 = time.monotonic()
+    got_slow = 0
+    for i in range(300):  # ~5 MB over ~6 s: the hub's buffer for lazy fills, slow keeps up
+        pub.publish("nr/t", body, qos=1)
+        got_slow += len(slow.quiet(0.01))
+    line = b.wait_log(r"closed .*never-reads.*does not read", mark, timeout=15)
+    assert line, "the client that never reads was not closed with a reason:\n" + b.log_since(mark)[-2000:]
+    print(f"closed after {time.monotonic() - t0:.1f}s: {line}")
+    assert lazy.is_closed_within(10)
+    slow.sync()  # a client that reads is still served
+    assert not slow.closed
+    assert b.rss_kb() - rss0 < 50_000
+    errs = h.metric_sum(b.metrics(), "perch_hub_protocol_errors_total", reason="peer_not_reading")
+    assert errs and errs >= 1, errs
+    w.check()
