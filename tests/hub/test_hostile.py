@@ -236,6 +236,11 @@ def test_protocol_error_metric(broker):
     run_case(broker, "tcp", b"\xd0\x00", r"pingresp|unexpected|server|invalid|type|protocol", connect=True)
     after = h.metric_sum(broker.metrics(), "perch_hub_protocol_errors_total")
     assert after is not None and after >= before + 1, f"protocol_errors_total {before} -> {after}"
+    # by reason: a wildcard in a PUBLISH topic has its own label
+    run_case(broker, "tcp", h.publish_packet("a/+/b", b"x", 1, pid=1), r"wildcard", connect=True)
+    labels = {k for k, v in broker.metrics().items()
+              if k.startswith("perch_hub_protocol_errors_total{") and v > 0}
+    assert any("wildcard" in k for k in labels), f"no wildcard reason among {labels}"
 
 
 @pytest.mark.perch_only("hub.send_timeout")
