@@ -10,6 +10,7 @@
  * WebSocket, in one binary frame).
  */
 #include <linux/sockios.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -39,6 +40,39 @@ static void set_timeout_s(hub_conn *c, int64_t ms)
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, secs > 0 ? secs : 1);
 }
 
+/* peer_name writes "ip:port" ("[ip6]:port") of wsi's peer: the port tells
+ * apart the log lines of clients on one host. Numeric only: a reverse DNS
+ * lookup here (lws_get_peer_addresses) blocks the loop for seconds when no
+ * resolver answers. */
+static void peer_name(struct lws *wsi, char *out, size_t cap)
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof sa;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	int fd = lws_get_socket_fd(wsi);
+	if (fd < 0 || getpeername(fd, (struct sockaddr *)&sa, &len) != 0) {
+		snprintf(out, cap, "?");
+		return;
+	}
+	if (sa.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&sa;
+		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+		port = ntohs(in->sin_port);
+	} else if (sa.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+		port = ntohs(in6->sin6_port);
+	}
+	const char *p = ip;
+	if (strncmp(p, "::ffff:", 7) == 0 && strchr(p + 7, '.') != NULL)
+		p += 7; /* an IPv4 peer on a dual-stack socket */
+	if (strchr(p, ':') != NULL)
+		snprintf(out, cap, "[%s]:%d", p, port);
+	else
+		snprintf(out, cap, "%s:%d", p, port);
+}
+
 int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 {
 	memset(c, 0, sizeof *c);
@@ -47,12 +81,7 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 	c->ws = ws;
 	c->tls = lws_is_ssl(wsi) != 0;
 	c->last_rx_ms = hub_now_ms();
-	/* Numeric only: a reverse DNS lookup here (lws_get_peer_addresses) blocks
-	 * the loop for seconds when no resolver answers. */
-	if (lws_get_peer_simple(wsi, c->peer, sizeof c->peer) == NULL)
-		snprintf(c->peer, sizeof c->peer, "?");
-	else if (strncmp(c->peer, "::ffff:", 7) == 0) /* an IPv4 peer on a dual-stack socket */
-		memmove(c->peer, c->peer + 7, strlen(c->peer + 7) + 1);
+	peer_name(wsi, c->peer, sizeof c->peer);
 	/* Small MQTT packets must not wait for Nagle's algorithm. */
 	int one = 1;
 	(void)setsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

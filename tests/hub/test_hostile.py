@@ -3,6 +3,7 @@ closed, the hub logs one line with `closed` and the reason (Perch only: not chec
 against mosquitto), and a well-behaved client connected throughout still gets its
 messages. Memory stays flat under big size claims and a client that never reads."""
 import os
+import re
 import socket
 import struct
 import time
@@ -43,6 +44,20 @@ def hostile_conn(b, transport="tcp", connect=False):
     return c
 
 
+def assert_one_close_line(b, mark, c, reason_rx):
+    """Perch: exactly one log line about c's close (found by its port), giving
+    a reason matching reason_rx."""
+    if not h.is_perch():
+        return
+    port = c.sock.getsockname()[1]
+    rx = re.compile(r"closed %s:%d\b" % (re.escape(h.HOST), port))
+    h.wait_until(lambda: any(rx.search(x) for x in b.log_since(mark).splitlines()), 5,
+                 what=f"the close line of port {port}")
+    lines = [x for x in b.log_since(mark).splitlines() if rx.search(x)]
+    assert len(lines) == 1, f"want one close line for port {port}, got {lines}"
+    assert re.search(reason_rx, lines[0], re.I), f"close line gives no reason matching /{reason_rx}/: {lines[0]}"
+
+
 def run_case(b, transport, payload, reason_rx, connect=False, closes_within=CLOSE_WAIT):
     w = h.Witness(b)
     mark = b.log_mark()
@@ -53,6 +68,7 @@ def run_case(b, transport, payload, reason_rx, connect=False, closes_within=CLOS
         pass
     assert c.is_closed_within(closes_within), "the hub did not close the offending connection"
     assert_close_logged(b, mark, reason_rx)
+    assert_one_close_line(b, mark, c, reason_rx)
     assert b.alive(), "the hub died"
     w.check()
 
