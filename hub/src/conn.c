@@ -46,7 +46,7 @@ static void set_timeout_s(hub_conn *c, int64_t ms)
  * resolver answers. */
 static void peer_name(struct lws *wsi, char *out, size_t cap)
 {
-	struct sockaddr_storage sa;
+	struct sockaddr_storage sa = {0};
 	socklen_t len = sizeof sa;
 	char ip[INET6_ADDRSTRLEN] = "?";
 	int port = 0;
