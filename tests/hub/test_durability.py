@@ -416,3 +416,41 @@ def test_disk_full(make_broker, workdir, how):
     again = sub.messages(20, timeout=10)
     assert len(again) >= 20
     assert b.alive()
+
+
+@pytest.mark.perch_only("perch-hub's store")
+def test_body_stored_once_per_message(make_broker):
+    """One store, one mechanism: 10 messages for 3 offline persistent
+    subscribers are 10 message rows referenced by 30 queue entries (one
+    queue per session); a subscriber draining its queue leaves the others'
+    entries and the shared bodies in place."""
+    import sqlite3
+    b = make_broker(listeners=("mqtt",))
+    for i in range(3):
+        s = h.raw_client(b, "tcp", client_id=f"once-{i}", clean=False)
+        s.subscribe([("once/#", 1)])
+        s.disconnect()
+    p = h.raw_client(b, "tcp", client_id="once-pub")
+    for i in range(10):
+        p.publish("once/t", b"body-%d" % i, qos=1)
+    p.disconnect()
+
+    def counts():
+        db = sqlite3.connect(os.path.join(b.data_dir, "hub.db"))
+        try:
+            return (db.execute("SELECT count(*) FROM msg WHERE topic = 'once/t'").fetchone()[0],
+                    db.execute("SELECT count(*) FROM entry e JOIN msg m ON m.id = e.msg "
+                               "WHERE m.topic = 'once/t'").fetchone()[0],
+                    db.execute("SELECT count(DISTINCT e.queue) FROM entry e JOIN msg m ON m.id = e.msg "
+                               "WHERE m.topic = 'once/t'").fetchone()[0])
+        finally:
+            db.close()
+
+    assert b.stop() == 0
+    assert counts() == (10, 30, 3), counts()
+    b.start()
+    s = h.raw_client(b, "tcp", client_id="once-0", clean=False)
+    assert len(s.messages(10)) == 10
+    s.disconnect()
+    assert b.stop() == 0
+    assert counts() == (10, 20, 2), counts()
