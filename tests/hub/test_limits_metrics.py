@@ -8,11 +8,12 @@ import pytest
 import hubtest as h
 
 
-def test_max_packet_size(make_broker):
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_max_packet_size(make_broker, transport):
     """max_packet_size 1024: a 2 kB PUBLISH closes that connection; 500 B is fine; others unaffected."""
     b = make_broker(limits={"max_packet_size": 1024})
     w = h.Witness(b)
-    c = h.raw_client(b, "tcp", client_id="mps")
+    c = h.raw_client(b, transport, client_id="mps")
     c.publish("mps/ok", b"x" * 500, qos=1)
     mark = b.log_mark()
     c.send(h.publish_packet("mps/big", b"x" * 2048, 1, pid=9))
@@ -22,14 +23,16 @@ def test_max_packet_size(make_broker):
     w.check()
 
 
-def test_max_connections(make_broker):
-    """max_connections 5: the 6th connection is refused (closed or CONNACK 3); after one
-    leaves, a new one is accepted."""
-    b = make_broker(limits={"max_connections": 5}, listeners=("mqtt",))
-    cs = [h.raw_client(b, "tcp", client_id=f"mc{i}") for i in range(5)]
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_max_connections(make_broker, transport):
+    """max_connections 5 (3 over TCP, 2 over WebSocket): the 6th connection, over
+    either, is refused (closed or CONNACK 3); after one leaves, a new one is
+    accepted."""
+    b = make_broker(limits={"max_connections": 5}, listeners=("mqtt", "ws"))
+    cs = [h.raw_client(b, "tcp" if i < 3 else "ws", client_id=f"mc{i}") for i in range(5)]
     refused = False
     try:
-        extra = h.Raw(b.ports["mqtt"], "tcp")
+        extra = h.Raw(b.ports["mqtt" if transport == "tcp" else "ws"], transport)
         extra.send(h.connect_packet("mc-extra"))
         p = extra.recv(5)
         refused = p is None or (p.type == h.CONNACK and p.rc != 0) or extra.is_closed_within(3)
