@@ -1,6 +1,7 @@
 """Start, stop, refuse to start; refuse-by-default; TLS listeners."""
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -246,19 +247,31 @@ def test_busy_port_refused(make_broker, scheme):
 
 
 @pytest.mark.perch_only("perch-hub's --data-dir")
-@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file"])
+@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file", "read-only"])
 def test_bad_data_dir_refused(workdir, kind):
+    """A data dir that is a file, under a file, or on a read-only mount (a
+    private one, made in a mount namespace: root ignores mode bits): exit
+    non-zero at once, one line naming the data dir."""
     f = os.path.join(workdir, "file")
     with open(f, "w") as fh:
         fh.write("not a directory\n")
     d = f if kind == "is-a-file" else os.path.join(f, "sub")
     port = h.free_port()
-    rc, err, dt = _start_fail([h.HUB_BIN, "--data-dir", d, "--allow-anonymous",
-                               "--listen", f"mqtt://{HOST}:{port}"])
+    cmd = [h.HUB_BIN, "--data-dir", d, "--allow-anonymous", "--listen", f"mqtt://{HOST}:{port}"]
+    if kind == "read-only":
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            pytest.skip("needs root and unshare(1) for a private read-only mount")
+        d = os.path.join(workdir, "ro")
+        os.makedirs(d)
+        cmd[2] = d
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o ro,size=64k tmpfs "$0" && exec "$@"', d] + cmd
+    rc, err, dt = _start_fail(cmd)
     assert rc != 0, "an unusable data dir must be refused"
     assert dt < 8
     low = err.lower()
     assert "data dir" in low or "data-dir" in low or "data_dir" in low, f"stderr does not name the data dir: {err}"
+    assert len(_errors(err)) <= 2, f"want one clear line, got:\n{err}"
 
 
 @pytest.mark.perch_only("Perch's refuse-by-default (mosquitto 2 does too, but the contract is Perch's)")
