@@ -402,6 +402,43 @@ def test_corrupt_store_moved_aside(make_broker, workdir):
     assert b.stop() == 0, b.log_tail()
 
 
+@pytest.mark.perch_only("perch-hub's store")
+def test_store_with_damaged_pages_moved_aside(make_broker):
+    """A real store (sessions, retained, queued messages) whose pages are
+    overwritten after the header: found at start, moved aside loudly, the hub
+    starts clean and works; a kill -9 and restart after that is an ordinary
+    start (no crash loop)."""
+    b = make_broker(listeners=("mqtt",))
+    s = h.raw_client(b, "tcp", client_id="dmg-sub", clean=False)
+    s.subscribe([("dmg/#", 1)])
+    s.disconnect()
+    p = h.raw_client(b, "tcp", client_id="dmg-pub")
+    for i in range(200):
+        p.publish(f"dmg/{i}", os.urandom(1000), qos=1, retain=True)
+    p.disconnect()
+    assert b.stop() == 0
+    path = os.path.join(b.data_dir, "hub.db")
+    size = os.path.getsize(path)
+    assert size > 64 * 1024, size
+    with open(path, "r+b") as f:
+        for off in range(8192, size, 8192):
+            f.seek(off)
+            f.write(os.urandom(1500))
+    mark = b.log_mark()
+    b.start()
+    assert b.wait_log(r"STORE LOST|corrupt|moved aside", mark, timeout=5), b.log_tail()
+    assert [n for n in os.listdir(b.data_dir) if n.startswith("hub.db.corrupt-")]
+    sub = h.raw_client(b, "tcp", client_id="dmg-after", clean=False)
+    sub.subscribe([("after/#", 1)])
+    pub = h.raw_client(b, "tcp", client_id="dmg-pub2")
+    pub.publish("after/t", b"works", qos=1)
+    assert [m.payload for m in sub.messages(1)] == [b"works"]
+    b.kill9()
+    mark = b.log_mark()
+    b.start()
+    assert not b.wait_log(r"STORE LOST", mark, timeout=0.5), "the new store was moved aside too"
+
+
 @pytest.mark.perch_only("perch-hub's listeners")
 def test_listeners_bind_only_the_given_address(make_broker):
     """A listener on 127.0.0.1 binds 127.0.0.1, not every interface (lws, left
