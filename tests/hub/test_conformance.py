@@ -299,6 +299,26 @@ def test_session_takeover(broker, transport):
     assert [m.payload for m in b.messages(1)] == [b"to b"]
 
 
+@pytest.mark.perch_only("mosquitto 2.0.11 drops the old connection's will on a takeover")
+def test_takeover_publishes_the_old_connections_will(broker, transport):
+    """A takeover ends the old connection without its DISCONNECT: its will is
+    published once (MQTT 3.1.1 3.1.2.5 lists situations 'not limited to';
+    Perch counts a takeover as an abnormal end, as MQTT 5 does); the new
+    connection's will is kept for its own end."""
+    w = h.raw_client(broker, "tcp", client_id=uniq("tw"))
+    w.subscribe([("twill/#", 1)])
+    cid = uniq("twc")
+    old = h.raw_client(broker, transport, client_id=cid, clean=False,
+                       will=("twill/old", b"old gone", 1, False))
+    new = h.raw_client(broker, transport, client_id=cid, clean=False,
+                       will=("twill/new", b"new gone", 1, False))
+    assert old.is_closed_within(5)
+    got = w.messages(1, timeout=5) + w.quiet(0.5)
+    assert [(m.topic, m.payload) for m in got] == [("twill/old", b"old gone")], got
+    new.disconnect()
+    assert w.quiet(1.0) == [], "a will after a clean DISCONNECT"
+
+
 def test_will_on_abnormal_disconnect(broker, transport):
     """A will is published when the connection drops without DISCONNECT ..."""
     w = h.raw_client(broker, "tcp", client_id=uniq("watch"))
