@@ -13,9 +13,12 @@
  * went into some persistent queue or became retained; otherwise it goes out
  * at once.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -105,6 +108,8 @@ typedef struct hub_broker {
 	size_t nstarved, capstarved;
 	hub_conn **paused; /* connections not read while the store catches up */
 	size_t npaused, cappaused;
+	int64_t stall_check_ms; /* next look for connections that do not read */
+	int lock_fd;            /* data_dir/hub.lock, flock()ed while we run; -1 none */
 } hub_broker;
 
 /* The store's writer may fall behind a fast loop: above HIGH recorded and
@@ -1371,12 +1376,49 @@ static void wake(void *arg)
 	hub_listen_wake(arg);
 }
 
+/*
+ * lock_data_dir takes data_dir/hub.lock (flock, released by the kernel when
+ * the process ends, even by kill -9) and writes our pid in it. A second hub
+ * on the same data dir would share the store with this one and corrupt its
+ * queues, or move it aside as unreadable: it is refused instead.
+ */
+static perch_err lock_data_dir(hub_broker *b, const char *dir)
+{
+	char path[1100];
+	snprintf(path, sizeof path, "%s/hub.lock", dir);
+	b->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (b->lock_fd < 0) {
+		PERCH_ERROR(LOG_MOD, "data dir %s: cannot open %s: %m", dir, path);
+		return PERCH_EPERM;
+	}
+	if (flock(b->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		char pid[24] = "";
+		ssize_t n = pread(b->lock_fd, pid, sizeof pid - 1, 0);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		if (e == EWOULDBLOCK)
+			PERCH_ERROR(LOG_MOD, "data dir %s is in use by another perch-hub%s%s%s",
+			            dir, pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+		else
+			PERCH_ERROR(LOG_MOD, "data dir %s: cannot lock %s: %s", dir, path,
+			            strerror(e));
+		return PERCH_EBUSY;
+	}
+	char pid[24];
+	int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+	if (ftruncate(b->lock_fd, 0) != 0 || pwrite(b->lock_fd, pid, (size_t)n, 0) != n)
+		PERCH_WARN(LOG_MOD, "data dir %s: cannot write the pid in %s: %m", dir, path);
+	return PERCH_OK;
+}
+
 perch_err hub_broker_open(hub *h)
 {
 	hub_broker *b = perch_calloc(1, sizeof *b);
 	if (b == NULL)
 		return PERCH_ENOMEM;
 	b->h = h;
+	b->lock_fd = -1;
 	h->broker = b;
 	struct stat st;
 	if (stat(h->cfg.data_dir, &st) != 0 && mkdir(h->cfg.data_dir, 0700) != 0) {
@@ -1388,6 +1430,9 @@ perch_err hub_broker_open(hub *h)
 		            h->cfg.data_dir);
 		return PERCH_EPERM;
 	}
+	perch_err err = lock_data_dir(b, h->cfg.data_dir);
+	if (err != PERCH_OK)
+		return err;
 	char path[1100];
 	snprintf(path, sizeof path, "%s/hub.db", h->cfg.data_dir);
 	static const perch_db_sync syncs[] = {PERCH_DB_SYNC_FULL, PERCH_DB_SYNC_NORMAL,
@@ -1397,7 +1442,7 @@ perch_err hub_broker_open(hub *h)
 	                       .sync = syncs[h->cfg.sync],
 	                       .wake = wake,
 	                       .wake_arg = h};
-	perch_err err = hub_store_open(&sc, &b->store);
+	err = hub_store_open(&sc, &b->store);
 	if (err != PERCH_OK) {
 		PERCH_ERROR(LOG_MOD, "cannot open the store in %s: %s", h->cfg.data_dir,
 		            perch_strerror(err));
@@ -1417,10 +1462,29 @@ perch_err hub_broker_open(hub *h)
 	return PERCH_OK;
 }
 
+/* check_stalled closes, once a second, the connections that have not taken
+ * any of what they were sent for hub.send_timeout (hub_conn_check_stalled). */
+static void check_stalled(hub_broker *b)
+{
+	int64_t now = hub_now_ms();
+	if (now < b->stall_check_ms)
+		return;
+	b->stall_check_ms = now + 1000;
+	size_t pos = 0;
+	const perch_map_slot *slot;
+	while ((slot = perch_map_next(&b->sessions, &pos)) != NULL) {
+		hub_session *s = slot->value;
+		if (s->conn != NULL)
+			hub_conn_check_stalled(s->conn, now);
+	}
+}
+
 void hub_broker_tick(hub *h)
 {
 	(void)hub_auth_tick(h);
 	hub_iothub_tick(h);
+	if (h->broker != NULL)
+		check_stalled(h->broker);
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
 		feed_starved(h->broker);
@@ -1475,6 +1539,8 @@ void hub_broker_close(hub *h)
 	perch_free(b->paused);
 	perch_free(b->starved);
 	perch_free(b->matched);
+	if (b->lock_fd >= 0)
+		close(b->lock_fd); /* the lock goes with it; the file stays */
 	perch_free(b);
 	h->broker = NULL;
 }

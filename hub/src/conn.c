@@ -9,9 +9,12 @@
  * already sent is overwritten. Several packets go out in one write (and, over
  * WebSocket, in one binary frame).
  */
+#include <linux/sockios.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -20,10 +23,9 @@
 #include "perch/alloc.h"
 #include "perch/log.h"
 
-#define LOG_MOD           "hub.conn"
-#define WRITE_CHUNK_MAX   ((size_t)256 * 1024) /* bytes per lws_write */
-#define TX_INITIAL        ((size_t)16 * 1024)
-#define TX_FULL_TIMEOUT_S 60 /* a peer that reads nothing for this long is closed */
+#define LOG_MOD         "hub.conn"
+#define WRITE_CHUNK_MAX ((size_t)256 * 1024) /* bytes per lws_write */
+#define TX_INITIAL      ((size_t)16 * 1024)
 
 int64_t hub_now_ms(void)
 {
@@ -38,6 +40,39 @@ static void set_timeout_s(hub_conn *c, int64_t ms)
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, secs > 0 ? secs : 1);
 }
 
+/* peer_name writes "ip:port" ("[ip6]:port") of wsi's peer: the port tells
+ * apart the log lines of clients on one host. Numeric only: a reverse DNS
+ * lookup here (lws_get_peer_addresses) blocks the loop for seconds when no
+ * resolver answers. */
+static void peer_name(struct lws *wsi, char *out, size_t cap)
+{
+	struct sockaddr_storage sa = {0};
+	socklen_t len = sizeof sa;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	int fd = lws_get_socket_fd(wsi);
+	if (fd < 0 || getpeername(fd, (struct sockaddr *)&sa, &len) != 0) {
+		snprintf(out, cap, "?");
+		return;
+	}
+	if (sa.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&sa;
+		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+		port = ntohs(in->sin_port);
+	} else if (sa.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+		port = ntohs(in6->sin6_port);
+	}
+	const char *p = ip;
+	if (strncmp(p, "::ffff:", 7) == 0 && strchr(p + 7, '.') != NULL)
+		p += 7; /* an IPv4 peer on a dual-stack socket */
+	if (strchr(p, ':') != NULL)
+		snprintf(out, cap, "[%s]:%d", p, port);
+	else
+		snprintf(out, cap, "%s:%d", p, port);
+}
+
 int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 {
 	memset(c, 0, sizeof *c);
@@ -46,12 +81,7 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 	c->ws = ws;
 	c->tls = lws_is_ssl(wsi) != 0;
 	c->last_rx_ms = hub_now_ms();
-	/* Numeric only: a reverse DNS lookup here (lws_get_peer_addresses) blocks
-	 * the loop for seconds when no resolver answers. */
-	if (lws_get_peer_simple(wsi, c->peer, sizeof c->peer) == NULL)
-		snprintf(c->peer, sizeof c->peer, "?");
-	else if (strncmp(c->peer, "::ffff:", 7) == 0) /* an IPv4 peer on a dual-stack socket */
-		memmove(c->peer, c->peer + 7, strlen(c->peer + 7) + 1);
+	peer_name(wsi, c->peer, sizeof c->peer);
 	/* Small MQTT packets must not wait for Nagle's algorithm. */
 	int one = 1;
 	(void)setsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -84,6 +114,8 @@ perch_err hub_conn_send(hub_conn *c, const void *a, size_t alen, const void *b, 
 		return PERCH_ECLOSED;
 	if (!force && hub_conn_pending(c) + add > c->hub->cfg.max_tx_bytes)
 		return PERCH_ENOSPC;
+	if (hub_conn_pending(c) == 0)
+		c->tx_progress_ms = hub_now_ms(); /* the send timeout starts now */
 	if (c->tx == NULL) {
 		size_t cap = LWS_PRE + (add > TX_INITIAL ? add : TX_INITIAL);
 		c->tx = perch_malloc(cap);
@@ -154,6 +186,31 @@ void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail)
 	}
 }
 
+void hub_conn_check_stalled(hub_conn *c, int64_t now)
+{
+	if (c->state != HUB_CONN_ACTIVE)
+		return;
+	/* Bytes the kernel holds that the peer has not acknowledged yet: they
+	 * go down only when the peer reads (a window of 0 stops them). */
+	int outq = 0;
+	int fd = lws_get_socket_fd(c->wsi);
+	if (fd < 0 || ioctl(fd, SIOCOUTQ, &outq) != 0 || outq < 0)
+		outq = 0;
+	bool taken = (size_t)outq < c->tx_outq;
+	c->tx_outq = (size_t)outq;
+	if ((hub_conn_pending(c) == 0 && outq == 0) || taken) {
+		c->tx_progress_ms = now;
+		return;
+	}
+	if (now - c->tx_progress_ms < c->hub->cfg.send_timeout_ms)
+		return;
+	char detail[96];
+	snprintf(detail, sizeof detail, "%zu bytes unsent, none taken for %lld s",
+	         hub_conn_pending(c) + (size_t)outq, (long long)((now - c->tx_progress_ms) / 1000));
+	hub_metrics_protocol_error(c->hub->metrics, "peer_not_reading");
+	hub_conn_close_soon(c, "peer does not read what it is sent", detail);
+}
+
 /* protocol_error closes c for a violation found by the decoder or broker. */
 static int protocol_error(hub_conn *c, perch_err err)
 {
@@ -208,7 +265,7 @@ int hub_conn_rx(hub_conn *c, const uint8_t *in, size_t len)
 	if (!c->tx_full && hub_conn_pending(c) > c->hub->cfg.max_tx_bytes) {
 		c->tx_full = true;
 		lws_rx_flow_control(c->wsi, 0);
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, TX_FULL_TIMEOUT_S);
+		set_timeout_s(c, c->hub->cfg.send_timeout_ms);
 	}
 	return 0;
 }
@@ -226,6 +283,7 @@ int hub_conn_writeable(hub_conn *c)
 			return -1;
 		}
 		hub_metrics_tx_bytes(c->hub->metrics, n);
+		c->tx_progress_ms = hub_now_ms();
 		c->tx_head += n;
 		if (c->tx_head == c->tx_len)
 			c->tx_head = c->tx_len = LWS_PRE;

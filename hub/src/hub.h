@@ -44,6 +44,7 @@ typedef struct hub_settings {
 	uint64_t max_store_bytes;      /* the whole store */
 	uint64_t max_tx_bytes;         /* unsent bytes buffered per connection */
 	int64_t connect_timeout_ms;    /* a socket must send CONNECT within this */
+	int64_t send_timeout_ms;       /* unsent bytes, none taken for this long: closed */
 	int sync;                      /* 0 full, 1 normal, 2 off */
 	int64_t auth_skew_ms;          /* tolerated clock difference for tokens */
 	int64_t auth_lifetime_ms;      /* furthest token expiry accepted */
@@ -117,6 +118,8 @@ typedef struct hub_conn {
 	 * always before tx_head so WebSocket framing can be written in place. */
 	uint8_t *tx;
 	size_t tx_head, tx_len, tx_cap;
+	int64_t tx_progress_ms;   /* when the peer last took bytes, or none were waiting */
+	size_t tx_outq;           /* unacknowledged bytes in the kernel at the last look */
 	const char *close_reason; /* static text, set once when we decide to close */
 	char close_detail[160];
 	struct hub_conn *next, *prev; /* hub-wide list */
@@ -140,6 +143,10 @@ PERCH_MUST_USE perch_err hub_conn_send(hub_conn *c, const void *a, size_t alen, 
 PERCH_MUST_USE perch_err hub_conn_send_packet(hub_conn *c, const perch_mqtt_packet *pkt);
 /* hub_conn_pending returns the bytes waiting to be written. */
 size_t hub_conn_pending(const hub_conn *c);
+/* hub_conn_check_stalled closes c (with its reason) when bytes have waited
+ * for it longer than hub.send_timeout without the peer taking any: a client
+ * that never reads its socket. Loop thread; now from hub_now_ms(). */
+void hub_conn_check_stalled(hub_conn *c, int64_t now);
 /* hub_conn_close_soon logs why (once) and closes after what is queued is
  * written. reason is static text; detail may be NULL. */
 void hub_conn_close_soon(hub_conn *c, const char *reason, const char *detail);

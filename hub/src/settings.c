@@ -50,6 +50,9 @@ const perch_cfg_key hub_settings_table[] = {
          "unsent bytes buffered for one connection (a slow reader)"},
         {"hub.connect_timeout", PERCH_CFG_DURATION, 100, 3600000, "10s", F(connect_timeout_ms),
          NULL, "time a new connection has to send CONNECT"},
+        {"hub.send_timeout", PERCH_CFG_DURATION, 1000, 3600000, "60s", F(send_timeout_ms), NULL,
+         "a connection with bytes waiting to be sent that takes none of them for this long is "
+         "closed (a client that never reads its socket)"},
         {"hub.sync", PERCH_CFG_ENUM, 0, 0, "full", F(sync), sync_modes,
          "store durability: full (fsync at every commit), normal, off (tests only)"},
         {"hub.auth.clock_skew", PERCH_CFG_DURATION, 0, 86400000, "5m", F(auth_skew_ms), NULL,

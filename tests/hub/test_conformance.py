@@ -76,6 +76,39 @@ def test_qos2_subscription_granted_1(broker, transport):
     assert granted == [0, 1, want]
 
 
+def test_qos2_publish_answered_and_delivered_at_1(broker, transport):
+    """paho publishes at QoS 2: the hub answers PUBREC, then PUBCOMP to its PUBREL
+    (paho's flow completes), and a subscriber granted 1 gets the messages at QoS 1."""
+    sub = h.raw_client(broker, transport, client_id=uniq("q2s"))
+    want = 1 if h.is_perch() else 2
+    assert sub.subscribe([("q2p/t", 2)]) == [want]
+    pub = h.paho_client(broker, transport, client_id=uniq("q2pub"))
+    try:
+        infos = [pub.publish("q2p/t", b"m%d" % i, qos=2) for i in range(5)]
+        for info in infos:
+            info.wait_for_publish(5)
+            assert info.is_published(), "QoS 2 flow (PUBREC/PUBREL/PUBCOMP) did not complete"
+        got = sub.messages(5)
+        assert [m.payload for m in got] == [b"m%d" % i for i in range(5)]
+        assert all(m.qos == want for m in got), [m.qos for m in got]
+    finally:
+        h.paho_stop(pub)
+
+
+def test_delivery_at_the_lower_qos(broker, transport):
+    """A message goes out at the lower of its QoS and the subscription's: QoS 1
+    to a QoS 0 subscription arrives at QoS 0, QoS 0 to a QoS 1 one at QoS 0."""
+    s0 = h.raw_client(broker, transport, client_id=uniq("lq0"))
+    s1 = h.raw_client(broker, transport, client_id=uniq("lq1"))
+    assert s0.subscribe([("lq/t", 0)]) == [0]
+    assert s1.subscribe([("lq/t", 1)]) == [1]
+    p = h.raw_client(broker, "tcp", client_id=uniq("lqp"))
+    p.publish("lq/t", b"one", qos=1)
+    p.publish("lq/t", b"zero", qos=0)
+    assert [(m.payload, m.qos) for m in s0.messages(2)] == [(b"one", 0), (b"zero", 0)]
+    assert [(m.payload, m.qos) for m in s1.messages(2)] == [(b"one", 1), (b"zero", 0)]
+
+
 def test_wildcards(broker, transport):
     """'+' matches one level, '#' any number including the parent; each filter on its own client."""
     filters = {"w/+/c": None, "w/#": None, "w/b/+": None, "+/b/c": None, "#": None}
@@ -264,6 +297,26 @@ def test_session_takeover(broker, transport):
     p = h.raw_client(broker, "tcp", client_id=uniq("takep"))
     p.publish("take/t", b"to b", qos=1)
     assert [m.payload for m in b.messages(1)] == [b"to b"]
+
+
+@pytest.mark.perch_only("mosquitto 2.0.11 drops the old connection's will on a takeover")
+def test_takeover_publishes_the_old_connections_will(broker, transport):
+    """A takeover ends the old connection without its DISCONNECT: its will is
+    published once (MQTT 3.1.1 3.1.2.5 lists situations 'not limited to';
+    Perch counts a takeover as an abnormal end, as MQTT 5 does); the new
+    connection's will is kept for its own end."""
+    w = h.raw_client(broker, "tcp", client_id=uniq("tw"))
+    w.subscribe([("twill/#", 1)])
+    cid = uniq("twc")
+    old = h.raw_client(broker, transport, client_id=cid, clean=False,
+                       will=("twill/old", b"old gone", 1, False))
+    new = h.raw_client(broker, transport, client_id=cid, clean=False,
+                       will=("twill/new", b"new gone", 1, False))
+    assert old.is_closed_within(5)
+    got = w.messages(1, timeout=5) + w.quiet(0.5)
+    assert [(m.topic, m.payload) for m in got] == [("twill/old", b"old gone")], got
+    new.disconnect()
+    assert w.quiet(1.0) == [], "a will after a clean DISCONNECT"
 
 
 def test_will_on_abnormal_disconnect(broker, transport):

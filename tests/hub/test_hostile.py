@@ -3,6 +3,7 @@ closed, the hub logs one line with `closed` and the reason (Perch only: not chec
 against mosquitto), and a well-behaved client connected throughout still gets its
 messages. Memory stays flat under big size claims and a client that never reads."""
 import os
+import re
 import socket
 import struct
 import time
@@ -43,6 +44,20 @@ def hostile_conn(b, transport="tcp", connect=False):
     return c
 
 
+def assert_one_close_line(b, mark, c, reason_rx):
+    """Perch: exactly one log line about c's close (found by its port), giving
+    a reason matching reason_rx."""
+    if not h.is_perch():
+        return
+    port = c.sock.getsockname()[1]
+    rx = re.compile(r"closed %s:%d\b" % (re.escape(h.HOST), port))
+    h.wait_until(lambda: any(rx.search(x) for x in b.log_since(mark).splitlines()), 5,
+                 what=f"the close line of port {port}")
+    lines = [x for x in b.log_since(mark).splitlines() if rx.search(x)]
+    assert len(lines) == 1, f"want one close line for port {port}, got {lines}"
+    assert re.search(reason_rx, lines[0], re.I), f"close line gives no reason matching /{reason_rx}/: {lines[0]}"
+
+
 def run_case(b, transport, payload, reason_rx, connect=False, closes_within=CLOSE_WAIT):
     w = h.Witness(b)
     mark = b.log_mark()
@@ -53,6 +68,7 @@ def run_case(b, transport, payload, reason_rx, connect=False, closes_within=CLOS
         pass
     assert c.is_closed_within(closes_within), "the hub did not close the offending connection"
     assert_close_logged(b, mark, reason_rx)
+    assert_one_close_line(b, mark, c, reason_rx)
     assert b.alive(), "the hub died"
     w.check()
 
@@ -236,3 +252,45 @@ def test_protocol_error_metric(broker):
     run_case(broker, "tcp", b"\xd0\x00", r"pingresp|unexpected|server|invalid|type|protocol", connect=True)
     after = h.metric_sum(broker.metrics(), "perch_hub_protocol_errors_total")
     assert after is not None and after >= before + 1, f"protocol_errors_total {before} -> {after}"
+    # by reason: a wildcard in a PUBLISH topic has its own label
+    run_case(broker, "tcp", h.publish_packet("a/+/b", b"x", 1, pid=1), r"wildcard", connect=True)
+    labels = {k for k, v in broker.metrics().items()
+              if k.startswith("perch_hub_protocol_errors_total{") and v > 0}
+    assert any("wildcard" in k for k in labels), f"no wildcard reason among {labels}"
+
+
+@pytest.mark.perch_only("hub.send_timeout")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("qos", [0, 1])
+def test_never_reading_client_closed(make_broker, transport, qos):
+    """A subscriber that never reads its socket (and keeps no keepalive that
+    would end it) is closed once hub.send_timeout (3 s here) passes without it
+    taking any of what it was sent: one log line with the reason, counted in
+    protocol_errors_total{reason="peer_not_reading"}, memory flat, others
+    unaffected. A slow reader that does read is not closed."""
+    b = make_broker(limits={"send_timeout": "3s"})
+    w = h.Witness(b)
+    lazy = h.Raw(b.ports["mqtt" if transport == "tcp" else "ws"], transport, rcvbuf=4096)
+    lazy.connect("never-reads", keepalive=0)
+    lazy.subscribe([("nr/#", qos)])
+    slow = h.raw_client(b, "tcp", client_id="slow-but-reads", keepalive=0)
+    slow.subscribe([("nr/#", qos)])
+    mark = b.log_mark()
+    rss0 = b.rss_kb()
+    pub = h.raw_client(b, "tcp", client_id="nr-pub")
+    body = b"N" * 16384
+    t0 = time.monotonic()
+    got_slow = 0
+    for i in range(300):  # ~5 MB over ~6 s: the hub's buffer for lazy fills, slow keeps up
+        pub.publish("nr/t", body, qos=1)
+        got_slow += len(slow.quiet(0.01))
+    line = b.wait_log(r"closed .*never-reads.*does not read", mark, timeout=15)
+    assert line, "the client that never reads was not closed with a reason:\n" + b.log_since(mark)[-2000:]
+    print(f"closed after {time.monotonic() - t0:.1f}s: {line}")
+    assert lazy.is_closed_within(10)
+    slow.sync()  # a client that reads is still served
+    assert not slow.closed
+    assert b.rss_kb() - rss0 < 50_000
+    errs = h.metric_sum(b.metrics(), "perch_hub_protocol_errors_total", reason="peer_not_reading")
+    assert errs and errs >= 1, errs
+    w.check()

@@ -1,5 +1,7 @@
 """Start, stop, refuse to start; refuse-by-default; TLS listeners."""
 import os
+import re
+import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +17,12 @@ def test_ready_and_sigterm_exit_0(make_broker):
     b = make_broker(listeners=("mqtt", "ws"))
     c = h.raw_client(b, "tcp", client_id="alive")
     c.disconnect()
+    if h.is_perch():
+        ready = [line for line in b.log().splitlines() if "perch-hub ready" in line]
+        assert len(ready) == 1, f"want one ready line, got {ready}"
+        for name, port in b.ports.items():
+            assert f"{name}://{HOST}:{port}" in ready[0], f"the ready line does not name {name}: {ready[0]}"
+        assert f"{HOST}:{b.metrics_port}" in ready[0], ready[0]
     assert b.stop() == 0, b.log_tail()
 
 
@@ -24,13 +32,187 @@ def _start_fail(cmd, timeout=10):
     return p.returncode, p.stderr.decode(errors="replace"), time.monotonic() - t0
 
 
+def _errors(err):
+    """The lines of a refusal that say why: every line but the routine ones
+    logged before the hub found the problem (INFO/NOTICE, and hub.auth's view
+    of this machine's identity files, which a developer's machine may have
+    in any state)."""
+    return [line for line in err.strip().splitlines()
+            if not any(f" {lvl} " in line for lvl in ("INFO", "NOTICE", "DEBUG"))
+            and " hub.auth: " not in line]
+
+
+# (extra args, a word the refusal must name)
+BAD_FLAGS = [
+    (["--no-such-flag"], "no-such-flag"),
+    (["--listen"], "listen"),
+    (["--log-level", "loud"], "log level"),
+    (["--metrics", "no-port-here"], "metrics"),
+    (["--set", "hub.max_inflight=0"], "max_inflight"),
+    (["--set", "hub.no_such_key=1"], "no_such_key"),
+    (["--config", "/nonexistent/perch.yaml"], "/nonexistent/perch.yaml"),
+]
+
+
 @pytest.mark.perch_only("perch-hub's command line")
-def test_bad_flag_refused(workdir):
-    rc, err, dt = _start_fail([h.HUB_BIN, "--data-dir", workdir, "--no-such-flag"])
-    assert rc != 0, "a bad flag must exit non-zero"
-    assert err.strip(), "a bad flag must say why on stderr"
-    assert "no-such-flag" in err or "unknown" in err.lower() or "unrecognized" in err.lower(), err
-    assert len(err.strip().splitlines()) <= 3, f"want one clear line, got:\n{err}"
+@pytest.mark.parametrize("args,word", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flag_refused(workdir, args, word):
+    """A bad flag or flag value: exit non-zero at once, with a line naming it
+    (and at most a closing 'cannot start' line)."""
+    port = h.free_port()
+    rc, err, dt = _start_fail([h.HUB_BIN, "--data-dir", workdir, "--allow-anonymous",
+                               "--listen", f"mqtt://{HOST}:{port}"] + args)
+    assert rc != 0, f"{args} must exit non-zero"
+    assert dt < 8
+    why = _errors(err)
+    assert why, f"{args} must say why on stderr: {err}"
+    assert word.lower() in "\n".join(why).lower(), f"the refusal of {args} does not name {word!r}: {err}"
+    assert len(why) <= 2, f"want one clear line, got:\n{err}"
+    assert not _can_connect(port), "the hub listens after refusing to start"
+
+
+def _can_connect(port):
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+ISSUE_FLAGS = ["--config FILE", "--listen URL", "--data-dir DIR", "--allow-anonymous",
+               "--metrics HOST:PORT", "--log-level LEVEL"]
+
+
+@pytest.mark.perch_only("perch-hub's --help")
+def test_help_documents_every_flag():
+    """--help exits 0 and documents every flag, the four listener schemes and
+    every setting; docs/hub.md's settings table has the same keys."""
+    p = subprocess.run([h.HUB_BIN, "--help"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for flag in ISSUE_FLAGS + ["--tls-cert FILE", "--tls-key FILE", "--tls-client-ca FILE",
+                               "--upstream URL", "--set KEY=VALUE"]:
+        assert flag in out, f"--help does not document {flag}"
+        name = flag.split()[0]
+        assert re.search(r"^\s+%s\b.*\S" % re.escape(name), out, re.M), f"{name} has no help line"
+    for scheme in ("ws://", "wss://", "mqtt://", "mqtts://"):
+        assert scheme in out, f"--help does not mention {scheme}"
+    keys = set(re.findall(r"^\s+(hub\.[a-z_.]+)\s", out, re.M))
+    assert "hub.listen" in keys and "hub.max_store_bytes" in keys, keys
+    with open(os.path.join(h.ROOT, "docs", "hub.md")) as f:
+        doc = f.read()
+    documented = set(re.findall(r"`(hub\.[a-z_.]+)`", doc))
+    assert keys - documented == set(), f"settings missing from docs/hub.md: {sorted(keys - documented)}"
+
+
+def _write_config(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@pytest.mark.perch_only("perch-hub's config file")
+def test_config_file_alone(workdir):
+    """Every flag of the issue has its key in the config file's hub: section: a
+    hub started with --config only listens where the file says (both
+    transports), takes anonymous clients, serves metrics, logs at the level
+    asked, keeps its store in the file's data dir."""
+    ports = {"mqtt": h.free_port(), "ws": h.free_port()}
+    mport = h.free_port()
+    data = os.path.join(workdir, "cfg-data")
+    cfg = _write_config(os.path.join(workdir, "perch.yaml"), f"""\
+hub:
+  listen:
+    - mqtt://{HOST}:{ports["mqtt"]}
+    - ws://{HOST}:{ports["ws"]}
+  data_dir: {data}
+  allow_anonymous: true
+  metrics: {HOST}:{mport}
+  log_level: notice
+""")
+    b = h.Broker(workdir, listeners=())
+    b.ports = ports
+    b.metrics_port = mport
+    b.command = lambda: [h.HUB_BIN, "--config", cfg]
+    b.start()
+    try:
+        for t in ("tcp", "ws"):
+            c = h.raw_client(b, t, client_id=f"cfg-{t}")
+            c.disconnect()
+        assert "perch_hub_clients_connected" in b.metrics_text()
+        assert os.path.exists(os.path.join(data, "hub.db")), os.listdir(workdir)
+        assert not re.search(r" INFO ", b.log()), "log_level notice from the file not applied"
+    finally:
+        assert b.stop() == 0, b.log_tail()
+
+
+@pytest.mark.perch_only("perch-hub's config file")
+def test_flags_override_config_file(workdir):
+    """The file says one port, refuse-by-default, log level error, a data dir
+    and max_inflight 100; the flags say another port, --allow-anonymous, info,
+    another data dir and (--set) max_inflight 3: the flags win, and what the
+    flags do not name still comes from the file."""
+    file_port, flag_port = h.free_port(), h.free_port()
+    file_data, flag_data = os.path.join(workdir, "file-data"), os.path.join(workdir, "flag-data")
+    cfg = _write_config(os.path.join(workdir, "perch.yaml"), f"""\
+hub:
+  listen: [mqtt://{HOST}:{file_port}]
+  data_dir: {file_data}
+  allow_anonymous: false
+  log_level: error
+  max_inflight: 100
+  max_subscriptions: 2
+""")
+    b = h.Broker(workdir, listeners=("mqtt",), metrics=False)
+    b.ports = {"mqtt": flag_port}
+    b.command = lambda: [h.HUB_BIN, "--config", cfg, "--listen", f"mqtt://{HOST}:{flag_port}",
+                         "--data-dir", flag_data, "--allow-anonymous", "--log-level", "info",
+                         "--set", "hub.max_inflight=3"]
+    b.start()
+    try:
+        assert not _can_connect(file_port), "the file's listener was opened too: --listen must replace it"
+        s = h.raw_client(b, "tcp", client_id="ovr-sub")  # anonymous accepted: the flag won
+        assert s.subscribe([("ovr/t", 1)]) == [1]
+        p = h.raw_client(b, "tcp", client_id="ovr-pub")
+        for i in range(6):
+            p.publish("ovr/t", b"%d" % i, qos=1)
+        assert len(s.messages(6, timeout=1.5, ack=False)) == 3, "--set hub.max_inflight=3 not applied"
+        assert s.subscribe([("ovr/a", 1), ("ovr/b", 1)]) == [1, 0x80], \
+            "max_subscriptions from the file (not overridden) not applied"
+        assert os.path.exists(os.path.join(flag_data, "hub.db"))
+        assert not os.path.exists(os.path.join(file_data, "hub.db")), "the file's data dir was used"
+        assert re.search(r" INFO hub\.conn", b.log()) or re.search(r" INFO ", b.log()), \
+            "--log-level info did not override the file's error"
+    finally:
+        assert b.stop() == 0, b.log_tail()
+
+
+@pytest.mark.perch_only("perch-hub's data dir lock")
+def test_data_dir_in_use_refused(make_broker):
+    """A second hub on the data dir of a running one is refused (one line
+    naming the data dir and the pid holding it) and the first one's store is
+    untouched; after kill -9 of the first, the data dir is free again (the
+    lock dies with the process: no stale lock, no crash loop)."""
+    a = make_broker(listeners=("mqtt",))
+    s = h.raw_client(a, "tcp", client_id="lock-sub", clean=False)
+    s.subscribe([("lock/t", 1)])
+    s.disconnect()
+    p = h.raw_client(a, "tcp", client_id="lock-pub")
+    p.publish("lock/t", b"kept", qos=1)
+    port = h.free_port()
+    rc, err, dt = _start_fail([h.HUB_BIN, "--data-dir", a.data_dir, "--allow-anonymous",
+                               "--listen", f"mqtt://{HOST}:{port}"])
+    assert rc != 0, "a second hub started on a data dir in use"
+    assert dt < 8
+    why = _errors(err)
+    assert any("in use" in line and a.data_dir in line and str(a.pid) in line for line in why), err
+    assert len(why) <= 2, f"want one clear line, got:\n{err}"
+    assert not [n for n in os.listdir(a.data_dir) if ".corrupt-" in n], "the store was moved aside"
+    assert a.alive()
+    a.kill9()
+    a.start()
+    s = h.raw_client(a, "tcp", client_id="lock-sub", clean=False)
+    assert [m.payload for m in s.messages(1)] == [b"kept"]
 
 
 @pytest.mark.perch_only("perch-hub's command line")
@@ -65,19 +247,31 @@ def test_busy_port_refused(make_broker, scheme):
 
 
 @pytest.mark.perch_only("perch-hub's --data-dir")
-@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file"])
+@pytest.mark.parametrize("kind", ["is-a-file", "under-a-file", "read-only"])
 def test_bad_data_dir_refused(workdir, kind):
+    """A data dir that is a file, under a file, or on a read-only mount (a
+    private one, made in a mount namespace: root ignores mode bits): exit
+    non-zero at once, one line naming the data dir."""
     f = os.path.join(workdir, "file")
     with open(f, "w") as fh:
         fh.write("not a directory\n")
     d = f if kind == "is-a-file" else os.path.join(f, "sub")
     port = h.free_port()
-    rc, err, dt = _start_fail([h.HUB_BIN, "--data-dir", d, "--allow-anonymous",
-                               "--listen", f"mqtt://{HOST}:{port}"])
+    cmd = [h.HUB_BIN, "--data-dir", d, "--allow-anonymous", "--listen", f"mqtt://{HOST}:{port}"]
+    if kind == "read-only":
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            pytest.skip("needs root and unshare(1) for a private read-only mount")
+        d = os.path.join(workdir, "ro")
+        os.makedirs(d)
+        cmd[2] = d
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o ro,size=64k tmpfs "$0" && exec "$@"', d] + cmd
+    rc, err, dt = _start_fail(cmd)
     assert rc != 0, "an unusable data dir must be refused"
     assert dt < 8
     low = err.lower()
     assert "data dir" in low or "data-dir" in low or "data_dir" in low, f"stderr does not name the data dir: {err}"
+    assert len(_errors(err)) <= 2, f"want one clear line, got:\n{err}"
 
 
 @pytest.mark.perch_only("Perch's refuse-by-default (mosquitto 2 does too, but the contract is Perch's)")
@@ -206,6 +400,43 @@ def test_corrupt_store_moved_aside(make_broker, workdir):
     got = sub.messages(1, timeout=5)
     assert got and got[0].payload == b"works"
     assert b.stop() == 0, b.log_tail()
+
+
+@pytest.mark.perch_only("perch-hub's store")
+def test_store_with_damaged_pages_moved_aside(make_broker):
+    """A real store (sessions, retained, queued messages) whose pages are
+    overwritten after the header: found at start, moved aside loudly, the hub
+    starts clean and works; a kill -9 and restart after that is an ordinary
+    start (no crash loop)."""
+    b = make_broker(listeners=("mqtt",))
+    s = h.raw_client(b, "tcp", client_id="dmg-sub", clean=False)
+    s.subscribe([("dmg/#", 1)])
+    s.disconnect()
+    p = h.raw_client(b, "tcp", client_id="dmg-pub")
+    for i in range(200):
+        p.publish(f"dmg/{i}", os.urandom(1000), qos=1, retain=True)
+    p.disconnect()
+    assert b.stop() == 0
+    path = os.path.join(b.data_dir, "hub.db")
+    size = os.path.getsize(path)
+    assert size > 64 * 1024, size
+    with open(path, "r+b") as f:
+        for off in range(8192, size, 8192):
+            f.seek(off)
+            f.write(os.urandom(1500))
+    mark = b.log_mark()
+    b.start()
+    assert b.wait_log(r"STORE LOST|corrupt|moved aside", mark, timeout=5), b.log_tail()
+    assert [n for n in os.listdir(b.data_dir) if n.startswith("hub.db.corrupt-")]
+    sub = h.raw_client(b, "tcp", client_id="dmg-after", clean=False)
+    sub.subscribe([("after/#", 1)])
+    pub = h.raw_client(b, "tcp", client_id="dmg-pub2")
+    pub.publish("after/t", b"works", qos=1)
+    assert [m.payload for m in sub.messages(1)] == [b"works"]
+    b.kill9()
+    mark = b.log_mark()
+    b.start()
+    assert not b.wait_log(r"STORE LOST", mark, timeout=0.5), "the new store was moved aside too"
 
 
 @pytest.mark.perch_only("perch-hub's listeners")

@@ -8,11 +8,12 @@ import pytest
 import hubtest as h
 
 
-def test_max_packet_size(make_broker):
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_max_packet_size(make_broker, transport):
     """max_packet_size 1024: a 2 kB PUBLISH closes that connection; 500 B is fine; others unaffected."""
     b = make_broker(limits={"max_packet_size": 1024})
     w = h.Witness(b)
-    c = h.raw_client(b, "tcp", client_id="mps")
+    c = h.raw_client(b, transport, client_id="mps")
     c.publish("mps/ok", b"x" * 500, qos=1)
     mark = b.log_mark()
     c.send(h.publish_packet("mps/big", b"x" * 2048, 1, pid=9))
@@ -22,14 +23,16 @@ def test_max_packet_size(make_broker):
     w.check()
 
 
-def test_max_connections(make_broker):
-    """max_connections 5: the 6th connection is refused (closed or CONNACK 3); after one
-    leaves, a new one is accepted."""
-    b = make_broker(limits={"max_connections": 5}, listeners=("mqtt",))
-    cs = [h.raw_client(b, "tcp", client_id=f"mc{i}") for i in range(5)]
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_max_connections(make_broker, transport):
+    """max_connections 5 (3 over TCP, 2 over WebSocket): the 6th connection, over
+    either, is refused (closed or CONNACK 3); after one leaves, a new one is
+    accepted."""
+    b = make_broker(limits={"max_connections": 5}, listeners=("mqtt", "ws"))
+    cs = [h.raw_client(b, "tcp" if i < 3 else "ws", client_id=f"mc{i}") for i in range(5)]
     refused = False
     try:
-        extra = h.Raw(b.ports["mqtt"], "tcp")
+        extra = h.Raw(b.ports["mqtt" if transport == "tcp" else "ws"], transport)
         extra.send(h.connect_packet("mc-extra"))
         p = extra.recv(5)
         refused = p is None or (p.type == h.CONNACK and p.rc != 0) or extra.is_closed_within(3)
@@ -77,8 +80,30 @@ def test_max_queued_messages(make_broker):
     nums = [int(m.payload) for m in got]
     assert nums == sorted(nums)
     if h.is_perch():
-        d = h.metric_sum(b.metrics(), "perch_hub_dropped_total")
-        assert d and d >= 30 - len(got), f"dropped_total {d}, want >= {30 - len(got)}"
+        d = h.metric_sum(b.metrics(), "perch_hub_dropped_total", reason="queue_full")
+        assert d and d >= 30 - len(got), f"dropped_total{{reason=queue_full}} {d}, want >= {30 - len(got)}"
+
+
+def test_max_queued_bytes(make_broker):
+    """max_queued_bytes 8 KiB: an offline persistent session keeps about 8 KiB
+    of 40 x 1 KiB messages (+ the inflight window); the publisher is still
+    acknowledged; what is kept is in order; Perch counts the rest as
+    queue_full drops."""
+    b = make_broker(limits={"max_queued_bytes": 8192, "max_inflight": 2})
+    s = h.raw_client(b, "tcp", client_id="mqb-sub", clean=False)
+    s.subscribe([("mqb/t", 1)])
+    s.disconnect()
+    p = h.raw_client(b, "tcp", client_id="mqb-pub")
+    for i in range(40):
+        p.publish("mqb/t", b"%04d" % i + b"q" * 1020, qos=1)  # acknowledged: publish() waits for PUBACK
+    s = h.raw_client(b, "tcp", client_id="mqb-sub", clean=False)
+    got = s.messages(40, timeout=3)
+    assert 4 <= len(got) <= 12, f"got {len(got)} x 1 KiB of 40 with max_queued_bytes 8 KiB"
+    nums = [int(m.payload[:4]) for m in got]
+    assert nums == sorted(nums)
+    if h.is_perch():
+        d = h.metric_sum(b.metrics(), "perch_hub_dropped_total", reason="queue_full")
+        assert d and d >= 40 - len(got), f"dropped_total{{reason=queue_full}} {d}, want >= {40 - len(got)}"
 
 
 @pytest.mark.perch_only("mosquitto has no per-client subscription limit")
@@ -128,7 +153,9 @@ def test_metrics(broker):
     assert g(m1, "perch_hub_clients_connected") >= 2
     assert g(m1, "perch_hub_messages_received_total", qos="0") - g(m0, "perch_hub_messages_received_total", qos="0") >= 5
     assert g(m1, "perch_hub_messages_received_total", qos="1") - g(m0, "perch_hub_messages_received_total", qos="1") >= 5
-    assert g(m1, "perch_hub_messages_sent_total") - g(m0, "perch_hub_messages_sent_total") >= 10
+    for q in ("0", "1"):
+        assert g(m1, "perch_hub_messages_sent_total", qos=q) - g(m0, "perch_hub_messages_sent_total", qos=q) >= 5, \
+            f"messages_sent_total{{qos={q}}} did not count the deliveries"
     assert g(m1, "perch_hub_bytes_received_total") > g(m0, "perch_hub_bytes_received_total")
     assert g(m1, "perch_hub_bytes_sent_total") > g(m0, "perch_hub_bytes_sent_total")
     assert g(m1, "perch_hub_queue_messages") >= 5, "the offline session's queue is not counted"
