@@ -182,12 +182,15 @@ static perch_err load_settings(hub *h, const args *a)
 		perch_cfg_errors errs = {0};
 		perch_err err = perch_cfg_load_file(hub_settings_table, hub_settings_count,
 		                                    hub_foreign_sections, path, &h->cfg, &errs);
+		/* One line per error, each with its file, line and column. */
 		for (size_t i = 0; i < errs.n; i++)
 			PERCH_ERROR("hub", "%s", errs.msg[i]);
+		size_t nerrs = errs.n;
 		perch_cfg_errors_free(&errs);
 		if (err != PERCH_OK) {
-			PERCH_ERROR("hub",
-			            "perch-hub cannot start: the configuration file has errors");
+			if (nerrs == 0)
+				PERCH_ERROR("hub", "perch-hub cannot start: %s: %s", path,
+				            perch_strerror(err));
 			return err;
 		}
 	}
@@ -249,30 +252,16 @@ int main(int argc, char **argv)
 
 	if (hub_auth_open(h) != PERCH_OK)
 		goto out;
-	if (hub_broker_open(h) != PERCH_OK) {
-		PERCH_ERROR("hub", "perch-hub cannot start: the data dir or store is unusable "
-		                   "(see above)");
+	/* Each of these has logged the one line that says why it cannot start. */
+	if (hub_broker_open(h) != PERCH_OK)
 		goto out;
-	}
 	if (hub_router_open(h) != PERCH_OK) {
 		PERCH_ERROR("hub", "perch-hub cannot start: out of memory");
 		goto out;
 	}
-	if (hub_iothub_open(h) != PERCH_OK) {
-		PERCH_ERROR("hub",
-		            "perch-hub cannot start: the twin store is unusable (see above)");
+	if (hub_iothub_open(h) != PERCH_OK || hub_listen_start(h) != PERCH_OK ||
+	    hub_upstream_open(h) != PERCH_OK)
 		goto out;
-	}
-	if (hub_listen_start(h) != PERCH_OK) {
-		PERCH_ERROR("hub",
-		            "perch-hub cannot start: a listener could not be opened (see above)");
-		goto out;
-	}
-	if (hub_upstream_open(h) != PERCH_OK) {
-		PERCH_ERROR("hub", "perch-hub cannot start: the upstream link is misconfigured "
-		                   "(see above)");
-		goto out;
-	}
 	rc = 0;
 	hub_listen_run(h);
 	PERCH_NOTICE("hub", "stopping: closing %zu connections and flushing the store", h->nconns);

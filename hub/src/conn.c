@@ -81,6 +81,7 @@ int hub_conn_opened(hub *h, hub_conn *c, struct lws *wsi, bool ws)
 	c->ws = ws;
 	c->tls = lws_is_ssl(wsi) != 0;
 	c->last_rx_ms = hub_now_ms();
+	c->tx_progress_ms = c->last_rx_ms;
 	peer_name(wsi, c->peer, sizeof c->peer);
 	/* Small MQTT packets must not wait for Nagle's algorithm. */
 	int one = 1;
@@ -114,8 +115,6 @@ perch_err hub_conn_send(hub_conn *c, const void *a, size_t alen, const void *b, 
 		return PERCH_ECLOSED;
 	if (!force && hub_conn_pending(c) + add > c->hub->cfg.max_tx_bytes)
 		return PERCH_ENOSPC;
-	if (hub_conn_pending(c) == 0)
-		c->tx_progress_ms = hub_now_ms(); /* the send timeout starts now */
 	if (c->tx == NULL) {
 		size_t cap = LWS_PRE + (add > TX_INITIAL ? add : TX_INITIAL);
 		c->tx = perch_malloc(cap);
@@ -190,14 +189,23 @@ void hub_conn_check_stalled(hub_conn *c, int64_t now)
 {
 	if (c->state != HUB_CONN_ACTIVE)
 		return;
+	/* Nothing waiting here or in the kernel at the last look, and nothing
+	 * written since: still nothing there, no system call needed (most
+	 * connections, most seconds). */
+	if (hub_conn_pending(c) == 0 && c->tx_outq == 0 && !c->tx_wrote) {
+		c->tx_progress_ms = now;
+		return;
+	}
 	/* Bytes the kernel holds that the peer has not acknowledged yet: they
-	 * go down only when the peer reads (a window of 0 stops them). */
+	 * go down only when the peer reads (a window of 0 stops them). A write
+	 * since the last look means the kernel took bytes: the peer made room. */
 	int outq = 0;
 	int fd = lws_get_socket_fd(c->wsi);
 	if (fd < 0 || ioctl(fd, SIOCOUTQ, &outq) != 0 || outq < 0)
 		outq = 0;
-	bool taken = (size_t)outq < c->tx_outq;
+	bool taken = (size_t)outq < c->tx_outq || c->tx_wrote;
 	c->tx_outq = (size_t)outq;
+	c->tx_wrote = false;
 	if ((hub_conn_pending(c) == 0 && outq == 0) || taken) {
 		c->tx_progress_ms = now;
 		return;
@@ -283,7 +291,7 @@ int hub_conn_writeable(hub_conn *c)
 			return -1;
 		}
 		hub_metrics_tx_bytes(c->hub->metrics, n);
-		c->tx_progress_ms = hub_now_ms();
+		c->tx_wrote = true; /* progress, for hub_conn_check_stalled */
 		c->tx_head += n;
 		if (c->tx_head == c->tx_len)
 			c->tx_head = c->tx_len = LWS_PRE;

@@ -120,6 +120,7 @@ typedef struct hub_conn {
 	size_t tx_head, tx_len, tx_cap;
 	int64_t tx_progress_ms;   /* when the peer last took bytes, or none were waiting */
 	size_t tx_outq;           /* unacknowledged bytes in the kernel at the last look */
+	bool tx_wrote;            /* bytes went to the kernel since the last look */
 	const char *close_reason; /* static text, set once when we decide to close */
 	char close_detail[160];
 	struct hub_conn *next, *prev; /* hub-wide list */
