@@ -249,6 +249,16 @@ const char *agent_docker_errmsg(const agent_docker *d)
 	return d->errmsg;
 }
 
+bool agent_docker_stale_task(const char *m)
+{
+	if (m == NULL)
+		return false;
+	if (strncmp(m, "task ", 5) == 0 && strstr(m, ": already exists") != NULL)
+		return true;
+	const char *shim = strstr(m, "failed to start shim: ");
+	return shim != NULL && strstr(shim, "file exists") != NULL;
+}
+
 const char *agent_docker_socket(const agent_docker *d)
 {
 	return d->path;

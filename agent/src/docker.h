@@ -84,6 +84,13 @@ void agent_docker_close(agent_docker *d);
  * the next call; "" after a success. */
 const char *agent_docker_errmsg(const agent_docker *d);
 
+/* agent_docker_stale_task tells whether an engine's refusal to start a
+ * container means it kept state of the container's last run that it will
+ * trip over at every start ("task ...: already exists", or "failed to start
+ * shim: mkdir .../<id>: file exists" after a dockerd restart): a new
+ * container (a new id) is the way out. */
+bool agent_docker_stale_task(const char *engine_msg);
+
 /* agent_docker_socket returns the socket path (owned by d). */
 const char *agent_docker_socket(const agent_docker *d);
 

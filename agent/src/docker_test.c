@@ -798,6 +798,20 @@ static void test_fake_engine(void **state)
 	fake_stop(f);
 }
 
+static void test_stale_task(void **state)
+{
+	(void)state;
+	assert_true(agent_docker_stale_task("task 4f1e...: already exists"));
+	assert_true(agent_docker_stale_task(
+	        "failed to start shim: mkdir /var/lib/docker/exec/containerd/daemon/"
+	        "io.containerd.runtime.v2.task/moby/e04c7ed1: file exists: unknown"));
+	assert_false(agent_docker_stale_task("endpoint with name x already exists in network n"));
+	assert_false(agent_docker_stale_task("failed to start shim: exec: no such file"));
+	assert_false(agent_docker_stale_task("transport is closing: unavailable"));
+	assert_false(agent_docker_stale_task(""));
+	assert_false(agent_docker_stale_task(NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -815,6 +829,7 @@ int main(void)
 	        cmocka_unit_test(test_state_parse),
 	        cmocka_unit_test(test_no_daemon),
 	        cmocka_unit_test(test_fake_engine),
+	        cmocka_unit_test(test_stale_task),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

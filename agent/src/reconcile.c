@@ -459,12 +459,11 @@ static int start_container(agent *a, agent_mod *m, const char *why)
 	if (err != PERCH_OK) {
 		set_desc(m, AGENT_RT_FAILED, "start failed: %s", agent_docker_errmsg(a->docker));
 		PERCH_ERROR("agent", "module %s: %s", m->name, m->desc);
-		/* "task ...: already exists": the engine failed to clean up the last
-		 * run (containerd kept its task, seen under load) and will refuse
-		 * every start of this container; a new container is the way out. */
-		const char *why_not = agent_docker_errmsg(a->docker);
-		if (strncmp(why_not, "task ", 5) == 0 &&
-		    strstr(why_not, ": already exists") != NULL &&
+		/* The engine failed to clean up the last run (containerd kept its
+		 * task under load, or its shim directory across a dockerd restart)
+		 * and will refuse every start of this container: a new container is
+		 * the way out. */
+		if (agent_docker_stale_task(agent_docker_errmsg(a->docker)) &&
 		    agent_docker_remove(a->docker, m->id, true) == PERCH_OK) {
 			PERCH_WARN("agent",
 			           "module %s: the engine kept a stale task for container %.12s: "
