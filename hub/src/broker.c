@@ -108,8 +108,9 @@ typedef struct hub_broker {
 	size_t nstarved, capstarved;
 	hub_conn **paused; /* connections not read while the store catches up */
 	size_t npaused, cappaused;
-	int64_t stall_check_ms; /* next look for connections that do not read */
-	int lock_fd;            /* data_dir/hub.lock, flock()ed while we run; -1 none */
+	int64_t stall_check_ms;           /* next look for connections that do not read */
+	lws_sorted_usec_list_t flush_sul; /* wakes the loop for a held-back commit */
+	int lock_fd;                      /* data_dir/hub.lock, flock()ed while we run; -1 none */
 } hub_broker;
 
 /* The store's writer may fall behind a fast loop: above HIGH recorded and
@@ -1440,6 +1441,7 @@ perch_err hub_broker_open(hub *h)
 	hub_store_config sc = {.path = path,
 	                       .max_bytes = h->cfg.max_store_bytes,
 	                       .sync = syncs[h->cfg.sync],
+	                       .commit_delay_us = (uint32_t)h->cfg.commit_delay_us,
 	                       .wake = wake,
 	                       .wake_arg = h};
 	err = hub_store_open(&sc, &b->store);
@@ -1479,6 +1481,24 @@ static void check_stalled(hub_broker *b)
 	}
 }
 
+static void on_flush_due(lws_sorted_usec_list_t *sul)
+{
+	(void)sul; /* waking the loop is all: hub_broker_tick polls the store */
+}
+
+/* schedule_flush wakes the loop when the batch the store holds back for
+ * hub.commit_delay_us is due (the loop may otherwise sleep until the next
+ * event, up to the 1 s housekeeping tick). */
+static void schedule_flush(hub *h)
+{
+	int64_t due = hub_store_flush_due_us(h->broker->store);
+	if (due < 0 || h->ctx == NULL)
+		return;
+	lws_sul_cancel(&h->broker->flush_sul); /* one wake-up, the latest due */
+	lws_sul_schedule(h->ctx, 0, &h->broker->flush_sul, on_flush_due,
+	                 (lws_usec_t)(due > 0 ? due : 1));
+}
+
 void hub_broker_tick(hub *h)
 {
 	(void)hub_auth_tick(h);
@@ -1487,6 +1507,7 @@ void hub_broker_tick(hub *h)
 		check_stalled(h->broker);
 	if (h->broker != NULL && h->broker->store != NULL) {
 		hub_store_poll(h->broker->store);
+		schedule_flush(h);
 		feed_starved(h->broker);
 		resume_paused(h->broker);
 	}

@@ -46,6 +46,7 @@ typedef struct hub_settings {
 	int64_t connect_timeout_ms;    /* a socket must send CONNECT within this */
 	int64_t send_timeout_ms;       /* unsent bytes, none taken for this long: closed */
 	int sync;                      /* 0 full, 1 normal, 2 off */
+	int64_t commit_delay_us;       /* hub_store_config.commit_delay_us */
 	int64_t auth_skew_ms;          /* tolerated clock difference for tokens */
 	int64_t auth_lifetime_ms;      /* furthest token expiry accepted */
 	char *leaf_devices;            /* JSON file of leaf device identities, or NULL */

@@ -53,6 +53,9 @@ const perch_cfg_key hub_settings_table[] = {
         {"hub.send_timeout", PERCH_CFG_DURATION, 1000, 3600000, "60s", F(send_timeout_ms), NULL,
          "a connection with bytes waiting to be sent that takes none of them for this long is "
          "closed (a client that never reads its socket)"},
+        {"hub.commit_delay_us", PERCH_CFG_INT, 0, 100000, "1000", F(commit_delay_us), NULL,
+         "microseconds a commit waits, while the store's writer is idle, for acks that "
+         "spare it writing messages already delivered; 0: commit at once"},
         {"hub.sync", PERCH_CFG_ENUM, 0, 0, "full", F(sync), sync_modes,
          "store durability: full (fsync at every commit), normal, off (tests only)"},
         {"hub.auth.clock_skew", PERCH_CFG_DURATION, 0, 86400000, "5m", F(auth_skew_ms), NULL,

@@ -168,6 +168,7 @@ struct hub_store {
 	bool inflight;       /* a list is with the writer */
 	size_t inflight_ops; /* operations in that list */
 	int64_t retry_due;   /* monotonic ms */
+	bool no_delay;       /* hub_store_sync: hand over at once */
 	uint64_t next_gen;
 	uint64_t committed_gen; /* every op of every batch <= this is durable */
 	int64_t next_msg_id, next_queue_id;
@@ -187,6 +188,13 @@ static int64_t mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t wall_ms(void)
@@ -261,6 +269,8 @@ static perch_err reserve(hub_store *s, uint32_t n)
 static struct op *add_op(hub_store *s, enum op_kind kind)
 {
 	struct batch *b = s->cur;
+	if (b->nops == 0 && s->cfg.commit_delay_us > 0)
+		b->first_us = mono_us();
 	struct op *o = &b->ops[b->nops++];
 	memset(o, 0, sizeof *o);
 	o->kind = (uint8_t)kind;
@@ -923,6 +933,24 @@ static void append(struct batch **list, struct batch *b)
 	*list = b;
 }
 
+/* held_back: the writer is idle and b is younger than cfg.commit_delay_us,
+ * with something still to write: wait, so that acks can cancel inserts. */
+static bool held_back(const hub_store *s, const struct batch *b)
+{
+	return s->cfg.commit_delay_us > 0 && !s->no_delay && b->live > 0 &&
+	       mono_us() - b->first_us < (int64_t)s->cfg.commit_delay_us;
+}
+
+int64_t hub_store_flush_due_us(const hub_store *s)
+{
+	const struct batch *b = s->cur;
+	if (s->cfg.commit_delay_us == 0 || s->no_delay || s->inflight || s->retry != NULL ||
+	    b->live == 0)
+		return -1;
+	int64_t left = b->first_us + (int64_t)s->cfg.commit_delay_us - mono_us();
+	return left > 0 ? left : 0;
+}
+
 void hub_store_flush(hub_store *s)
 {
 	if (s->inflight)
@@ -934,6 +962,8 @@ void hub_store_flush(hub_store *s)
 			return;
 	} else if (!has) {
 		return;
+	} else if (held_back(s, b)) {
+		return; /* hub_store_flush_due_us says when */
 	}
 	struct batch *fresh = NULL;
 	if (has) {
@@ -1159,12 +1189,16 @@ perch_err hub_store_sync(hub_store *s)
 {
 	uint64_t target = s->cur->nops > 0 || s->cur->ndones > 0 ? s->cur->gen : s->cur->gen - 1;
 	uint64_t failures = s->st.commit_failures;
+	s->no_delay = true;
+	perch_err err = PERCH_OK;
 	for (;;) {
 		hub_store_poll(s);
 		if (s->committed_gen >= target && s->retry == NULL)
-			return PERCH_OK;
-		if (s->st.commit_failures > failures)
-			return s->last_err;
+			break;
+		if (s->st.commit_failures > failures) {
+			err = s->last_err;
+			break;
+		}
 		if (s->inflight) {
 			hub_store_wait(s, -1);
 		} else if (s->retry != NULL) {
@@ -1173,9 +1207,12 @@ perch_err hub_store_sync(hub_store *s)
 				nanosleep(&(struct timespec){d / 1000, (d % 1000) * 1000000L},
 				          NULL);
 		} else if (s->committed_gen < target && s->ready == NULL) {
-			return PERCH_ENOMEM; /* could not start a batch */
+			err = PERCH_ENOMEM; /* could not start a batch */
+			break;
 		}
 	}
+	s->no_delay = false;
+	return err;
 }
 
 size_t hub_store_backlog(const hub_store *s)

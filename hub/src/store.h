@@ -34,6 +34,9 @@
  * Elision. When an entry is acked while its insert still waits in the
  * current batch, both cancel out in memory, and a message whose every
  * recorded reference is cancelled is never written; completions still fire.
+ * cfg.commit_delay_us holds a batch back that long while the writer is idle,
+ * so that acks have the time to come; hub_store_flush_due_us() tells the loop
+ * when to flush again.
  *
  * Bounded memory. A queue keeps at most a window of its head in memory
  * (cfg.window_entries entries and cfg.window_bytes bytes); the rest is on
@@ -76,6 +79,11 @@ typedef struct hub_store_config {
 	uint32_t window_entries; /* per queue, in memory; 0: 1000 */
 	size_t window_bytes;     /* per queue, in memory; 0: 1 MiB */
 	uint32_t retry_ms;       /* after a failed commit; 0: 200 */
+	/* While the writer is idle, a batch is handed over no sooner than this
+	 * after its first operation (unless every operation in it has cancelled
+	 * out): an ack that comes meanwhile cancels the insert it answers, so a
+	 * message its subscribers took at once is never written. 0: at once. */
+	uint32_t commit_delay_us;
 	hub_store_wake_fn *wake; /* may be NULL (then use hub_store_wait) */
 	void *wake_arg;
 } hub_store_config;
@@ -146,6 +154,11 @@ void hub_store_close(hub_store *s);
  * the batch holds anything (or completes an all-elided batch in memory, for
  * the next poll). Never blocks. Loop thread, once per iteration. */
 void hub_store_flush(hub_store *s);
+
+/* hub_store_flush_due_us: -1 when flush holds nothing back; otherwise the
+ * microseconds until the batch it holds back (cfg.commit_delay_us) is due,
+ * 0 when it is due now: the loop must run hub_store_poll by then. */
+int64_t hub_store_flush_due_us(const hub_store *s);
 
 /* hub_store_poll takes the writer's result, if any, and runs completions;
  * then it flushes. Never blocks. Loop thread, when woken and per iteration. */

@@ -61,6 +61,7 @@ struct batch {
 	struct op *ops; /* nops used of cap */
 	uint32_t nops, cap;
 	uint32_t live;       /* ops not cancelled */
+	int64_t first_us;    /* CLOCK_MONOTONIC of its first op (commit_delay_us) */
 	uint64_t ins_bytes;  /* bytes of uncancelled OP_MSG_INS (pending in the limit) */
 	uint64_t free_bytes; /* bytes its drops free (credited in the limit until written) */
 	struct done *dones;  /* ndones used of capdones, in request order */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "msg.h"
@@ -385,6 +386,72 @@ static void test_elision(void **state)
 	hub_store_close(s);
 	assert_int_equal(count_rows("msg"), 1);
 	assert_int_equal(count_rows("entry"), 1);
+}
+
+/* commit_delay_us: a batch is held back while young, an ack meanwhile
+ * cancels the insert (nothing written, the completion fires at once), a
+ * message nobody acks is committed once the delay has passed, and
+ * hub_store_sync does not wait for the delay. */
+static void test_commit_delay(void **state)
+{
+	(void)state;
+	wipe();
+	hub_store_config cfg = {.commit_delay_us = 200000}; /* 200 ms: never reached by chance */
+	hub_store *s = open_store(&cfg);
+	hub_queue *q;
+	assert_int_equal(hub_store_queue(s, "s/d", 0, &q), PERCH_OK);
+	assert_int_equal(hub_store_sync(s), PERCH_OK);
+	assert_int_equal(hub_store_flush_due_us(s), -1); /* nothing held back */
+	hub_store_stats st0, st;
+	hub_store_get_stats(s, &st0);
+	struct donecount d = {0};
+	/* Acked within the delay: elided, no commit. */
+	hub_msg *m = mkmsg(1, 100, 0);
+	assert_int_equal(hub_queue_push(q, m), PERCH_OK);
+	hub_msg_unref(m);
+	assert_int_equal(hub_store_when_durable(s, on_done, &d), PERCH_OK);
+	hub_store_poll(s);
+	int64_t due = hub_store_flush_due_us(s);
+	assert_true(due > 0 && due <= 200000);
+	assert_int_equal(d.ok, 0); /* held back, not handed over */
+	hub_store_get_stats(s, &st);
+	assert_int_equal(st.commits, st0.commits);
+	hub_qentry e;
+	assert_int_equal(hub_queue_next(q, 0, &e), PERCH_OK);
+	assert_int_equal(hub_queue_ack(q, e.seq), PERCH_OK);
+	assert_int_equal(hub_store_flush_due_us(s), -1); /* all cancelled: no wait */
+	hub_store_poll(s);
+	hub_store_poll(s);
+	assert_int_equal(d.ok, 1);
+	hub_store_get_stats(s, &st);
+	assert_int_equal(st.commits, st0.commits);
+	assert_int_equal(st.rows_written, st0.rows_written);
+	/* Not acked: committed once the delay has passed. */
+	m = mkmsg(2, 100, 0);
+	assert_int_equal(hub_queue_push(q, m), PERCH_OK);
+	hub_msg_unref(m);
+	assert_int_equal(hub_store_when_durable(s, on_done, &d), PERCH_OK);
+	hub_store_poll(s);
+	assert_true(hub_store_flush_due_us(s) > 0);
+	struct timespec nap = {0, 250 * 1000000L};
+	nanosleep(&nap, NULL);
+	assert_int_equal(hub_store_flush_due_us(s), 0);
+	hub_store_poll(s); /* hands it over */
+	assert_int_equal(hub_store_flush_due_us(s), -1);
+	hub_store_wait(s, -1);
+	hub_store_poll(s);
+	assert_int_equal(d.ok, 2);
+	hub_store_get_stats(s, &st);
+	assert_int_equal(st.commits, st0.commits + 1);
+	/* hub_store_sync does not wait for the delay. */
+	m = mkmsg(3, 100, 0);
+	assert_int_equal(hub_queue_push(q, m), PERCH_OK);
+	hub_msg_unref(m);
+	assert_int_equal(hub_store_when_durable(s, on_done, &d), PERCH_OK);
+	assert_int_equal(hub_store_sync(s), PERCH_OK);
+	assert_int_equal(d.ok, 3);
+	hub_store_close(s);
+	assert_int_equal(count_rows("entry"), 2);
 }
 
 static void test_ttl(void **state)
@@ -897,6 +964,7 @@ int main(void)
 	        cmocka_unit_test(test_reopen_in_order),
 	        cmocka_unit_test(test_crash_kill9),
 	        cmocka_unit_test(test_elision),
+	        cmocka_unit_test(test_commit_delay),
 	        cmocka_unit_test(test_ttl),
 	        cmocka_unit_test(test_store_limit),
 	        cmocka_unit_test(test_drop_oldest),
