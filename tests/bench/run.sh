@@ -513,13 +513,13 @@ md=$OUT/results.md
 	echo "## How the brokers ran"
 	echo
 	echo "- perch-hub: \`perch-hub --allow-anonymous --listen mqtt://127.0.0.1:P --listen ws://127.0.0.1:Q --data-dir TMP\`"
-	echo "  (both listeners in every run); QoS 1 messages committed to SQLite before PUBACK."
+	echo "  (both listeners in every run); QoS 1 messages for persistent sessions committed to SQLite before PUBACK unless every subscriber acknowledged them within hub.commit_delay_us (1 ms)."
 	echo "- mosquitto: a fresh instance per scenario with one listener for the transport measured,"
 	echo "  \`persistence true\` (a snapshot every 30 minutes, not per message: a \`kill -9\` loses the"
 	echo "  queue), \`max_queued_messages 0\` (no limit: the default 1000 drops silently; the generator"
 	echo "  bounds the backlog), \`max_inflight_messages 64\` (the generator's window),"
 	echo "  \`set_tcp_nodelay true\` (its best case for small messages), \`user root\`, anonymous."
-	echo "- Each broker is started fresh per scenario; the order alternates between scenarios."
+	echo "- Both brokers are started fresh per scenario and run side by side through it; the paced rounds alternate between them, and which one goes first alternates between scenarios."
 	echo
 	echo "## Errors and losses"
 	echo
