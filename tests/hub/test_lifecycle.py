@@ -68,15 +68,7 @@ def test_bad_flag_refused(workdir, args, word):
     assert why, f"{args} must say why on stderr: {err}"
     assert word.lower() in "\n".join(why).lower(), f"the refusal of {args} does not name {word!r}: {err}"
     assert len(why) == 1, f"want one clear line, got:\n{err}"
-    assert not _can_connect(port), "the hub listens after refusing to start"
-
-
-def _can_connect(port):
-    try:
-        socket.create_connection((HOST, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+    assert not h._can_connect(port), "the hub listens after refusing to start"
 
 
 ISSUE_FLAGS = ["--config FILE", "--listen URL", "--data-dir DIR", "--allow-anonymous",
@@ -170,7 +162,7 @@ hub:
                          "--set", "hub.max_inflight=3"]
     b.start()
     try:
-        assert not _can_connect(file_port), "the file's listener was opened too: --listen must replace it"
+        assert not h._can_connect(file_port), "the file's listener was opened too: --listen must replace it"
         s = h.raw_client(b, "tcp", client_id="ovr-sub")  # anonymous accepted: the flag won
         assert s.subscribe([("ovr/t", 1)]) == [1]
         p = h.raw_client(b, "tcp", client_id="ovr-pub")
