@@ -933,14 +933,6 @@ static void append(struct batch **list, struct batch *b)
 	*list = b;
 }
 
-/* held_back: the writer is idle and b is younger than cfg.commit_delay_us,
- * with something still to write: wait, so that acks can cancel inserts. */
-static bool held_back(const hub_store *s, const struct batch *b)
-{
-	return s->cfg.commit_delay_us > 0 && !s->no_delay && b->live > 0 &&
-	       mono_us() - b->first_us < (int64_t)s->cfg.commit_delay_us;
-}
-
 int64_t hub_store_flush_due_us(const hub_store *s)
 {
 	const struct batch *b = s->cur;
@@ -962,8 +954,8 @@ void hub_store_flush(hub_store *s)
 			return;
 	} else if (!has) {
 		return;
-	} else if (held_back(s, b)) {
-		return; /* hub_store_flush_due_us says when */
+	} else if (hub_store_flush_due_us(s) > 0) {
+		return; /* held back for cfg.commit_delay_us, so acks can cancel inserts */
 	}
 	struct batch *fresh = NULL;
 	if (has) {
