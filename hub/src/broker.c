@@ -1488,15 +1488,18 @@ static void on_flush_due(lws_sorted_usec_list_t *sul)
 
 /* schedule_flush wakes the loop when the batch the store holds back for
  * hub.commit_delay_us is due (the loop may otherwise sleep until the next
- * event, up to the 1 s housekeeping tick). */
+ * event, up to the 1 s housekeeping tick). hub_broker_tick commits the batch
+ * when that wake-up comes and cancels the timer here, before it could make
+ * the loop spin (hub_listen_timer_us). */
 static void schedule_flush(hub *h)
 {
-	int64_t due = hub_store_flush_due_us(h->broker->store);
-	if (due < 0 || h->ctx == NULL)
+	if (h->ctx == NULL)
 		return;
 	lws_sul_cancel(&h->broker->flush_sul); /* one wake-up, the latest due */
-	lws_sul_schedule(h->ctx, 0, &h->broker->flush_sul, on_flush_due,
-	                 (lws_usec_t)(due > 0 ? due : 1));
+	int64_t due = hub_store_flush_due_us(h->broker->store);
+	if (due >= 0)
+		lws_sul_schedule(h->ctx, 0, &h->broker->flush_sul, on_flush_due,
+		                 (lws_usec_t)hub_listen_timer_us(due));
 }
 
 void hub_broker_tick(hub *h)

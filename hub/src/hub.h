@@ -308,6 +308,14 @@ void hub_listen_stop(hub *h);
 void hub_listen_wake(hub *h);
 /* Runs the loop until h->stopping. */
 void hub_listen_run(hub *h);
+/* hub_listen_timer_us is the delay to give an lws timer (lws_sul_schedule)
+ * so that the loop sleeps, without spinning, until at least due_us from now:
+ * lws's poll() loop sleeps whole milliseconds rounded down, so a timer less
+ * than 1 ms away makes it poll without sleeping until the timer fires. The
+ * delay returned is due_us rounded up to whole ms (at least 1), plus 999 us:
+ * the loop sleeps those ms; the caller must then act and cancel the timer
+ * (or set it again) before its last 999 us would spin. */
+int64_t hub_listen_timer_us(int64_t due_us);
 
 int64_t hub_now_ms(void);
 

@@ -440,6 +440,12 @@ perch_err hub_listen_start(hub *h)
 	return PERCH_OK;
 }
 
+int64_t hub_listen_timer_us(int64_t due_us)
+{
+	int64_t ms = due_us > 1000 ? (due_us + 999) / 1000 : 1;
+	return ms * 1000 + 999;
+}
+
 /* A 1 s tick, so the loop never sleeps long even if a wake-up was missed
  * (the store's writer can finish before the loop exists). */
 static lws_sorted_usec_list_t housekeeping;
