@@ -446,28 +446,36 @@ int64_t hub_listen_timer_us(int64_t due_us)
 	return ms * 1000 + 999;
 }
 
-/* A 1 s tick, so the loop never sleeps long even if a wake-up was missed
- * (the store's writer can finish before the loop exists). */
+/* A wake-up at least once a second, so the loop never sleeps long even if a
+ * wake-up was missed (the store's writer can finish before the loop exists).
+ * Its timer is moved a second ahead whenever less than 2 ms of it are left,
+ * so it never fires and is never under 1 ms away when lws polls: it would
+ * spin up to 1 ms a second (hub_listen_timer_us). */
 static lws_sorted_usec_list_t housekeeping;
-static struct lws_context *housekeeping_ctx;
 
 static void on_housekeeping(lws_sorted_usec_list_t *sul)
 {
-	(void)sul;
-	lws_sul_schedule(housekeeping_ctx, 0, &housekeeping, on_housekeeping, LWS_US_PER_SEC);
+	(void)sul; /* waking the loop is all (hub_listen_run moves it ahead first) */
 }
 
 void hub_listen_run(hub *h)
 {
-	housekeeping_ctx = h->ctx;
-	lws_sul_schedule(h->ctx, 0, &housekeeping, on_housekeeping, LWS_US_PER_SEC);
+	lws_usec_t due = 0;
 	while (!h->stopping) {
+		lws_usec_t now = lws_now_usecs();
+		if (due - now < 2000) {
+			lws_usec_t in = (lws_usec_t)hub_listen_timer_us(LWS_US_PER_SEC);
+			lws_sul_cancel(&housekeeping);
+			lws_sul_schedule(h->ctx, 0, &housekeeping, on_housekeeping, in);
+			due = now + in;
+		}
 		if (lws_service(h->ctx, 0) < 0)
 			break;
 		hub_broker_tick(h);
 		hub_upstream_tick(h);
 		hub_status_tick(h);
 	}
+	lws_sul_cancel(&housekeeping);
 }
 
 /* The store's writer thread wakes the loop; ctx_lock keeps it from doing so
