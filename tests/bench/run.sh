@@ -24,11 +24,11 @@
 #
 # Environment (all optional):
 #   O                       build directory (build)
-#   PERCH_SOAK=1            longer runs (30 s throughput, 10 s latency)
+#   PERCH_SOAK=1            longer runs (30 s throughput, 10 s x 9 rounds latency)
 #   PERCH_BENCH_SECONDS     seconds of each throughput run (3)
 #   PERCH_BENCH_LAT_SECONDS seconds of each paced latency run (5)
 #   PERCH_BENCH_LAT_ROUNDS  paced runs per broker and scenario, alternating between the
-#                           brokers; the report gives the median of their p50s and p99s (3)
+#                           brokers; the report gives the median of their p50s and p99s (5; 9 with PERCH_SOAK)
 #   PERCH_BENCH_RATE        total messages/s of the paced latency runs (1000)
 #   PERCH_BENCH_CLIENTS     idle clients for the memory measurement (1000)
 #   PERCH_BENCH_ONLY        regex over scenario names (e.g. 'tcp-q1'), others skipped
@@ -65,7 +65,7 @@ done
 
 SECS=${PERCH_BENCH_SECONDS:-3}
 LAT_SECS=${PERCH_BENCH_LAT_SECONDS:-5}
-LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-3}
+LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-5}
 RATE=${PERCH_BENCH_RATE:-1000}
 CLIENTS=${PERCH_BENCH_CLIENTS:-1000}
 ONLY=${PERCH_BENCH_ONLY:-.}
@@ -73,7 +73,7 @@ BROKERS=${PERCH_BENCH_BROKERS:-mosquitto hub}
 if [ "${PERCH_SOAK:-0}" = 1 ]; then
 	SECS=${PERCH_BENCH_SECONDS:-30}
 	LAT_SECS=${PERCH_BENCH_LAT_SECONDS:-10}
-	LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-5}
+	LAT_ROUNDS=${PERCH_BENCH_LAT_ROUNDS:-9}
 fi
 if [ $SMOKE = 1 ]; then
 	SECS=1 LAT_SECS=0 CLIENTS=${PERCH_BENCH_CLIENTS:-100}
