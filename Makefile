@@ -34,8 +34,8 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lmbedtls -lmbedx509 
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null || echo -lcmocka)
 
 ifeq ($(SAN),1)
-  OPT    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-  LDOPT  := -fsanitize=address,undefined
+  OPT    := -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDOPT  := -fsanitize=address,undefined,float-cast-overflow
 else
   OPT    := -O2 -g -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
   LDOPT  := -pie -Wl,-z,relro,-z,now -Wl,--as-needed

@@ -292,7 +292,9 @@ static const char *str_of(const json_t *o, const char *key)
 /* duration writes s seconds as "45s", "5m", "2h3m" or "3d4h". */
 static void duration(double s, char *buf, size_t cap)
 {
-	long long n = s > 0 ? (long long)s : 0;
+	/* Clamped before the conversion: a damaged file's 1e300 must not be
+	 * undefined behaviour (~31 million years is "forever" enough). */
+	long long n = s > 0 ? (s < 1e15 ? (long long)s : 999999999999999LL) : 0;
 	if (n < 60)
 		snprintf(buf, cap, "%llds", n);
 	else if (n < 3600)

@@ -222,6 +222,20 @@ static void test_upstream_down_aged(void **state)
 	json_decref(up);
 }
 
+/* Ages far out of range (a damaged status file) print, without undefined
+ * behaviour (the sanitizer build checks float-to-integer conversions). */
+static void test_upstream_huge_ages(void **state)
+{
+	(void)state;
+	json_t *up = json_pack("{s:b,s:s,s:s,s:f,s:{s:i,s:f}}", "configured", 1, "state", "down",
+	                       "since", "2026-11-18T11:01:40.000Z", "offlineSeconds", 1e300,
+	                       "queued", "messages", 1, "oldestAgeSeconds", -1e300);
+	assert_non_null(up);
+	assert_string_equal(table_line(up), "upstream:   down since 2026-11-18T11:01:40.000Z "
+	                                    "(offline 11574074074d1h), 1 queued (oldest 0s)");
+	json_decref(up);
+}
+
 static void test_upstream_up(void **state)
 {
 	(void)state;
@@ -303,6 +317,7 @@ int main(void)
 	        cmocka_unit_test(test_upstream_not_configured),
 	        cmocka_unit_test(test_upstream_down_aged),
 	        cmocka_unit_test(test_upstream_up),
+	        cmocka_unit_test(test_upstream_huge_ages),
 	        cmocka_unit_test(test_upstream_in_twin),
 	};
 	return cmocka_run_group_tests(tests, make_fixture_dir, remove_fixture_dir);

@@ -184,7 +184,7 @@ static bool timeout_arg(const json_t *v, int def, int lo, int hi, int *out)
 		d = json_real_value(v);
 	else
 		return false;
-	if (d != (double)(int)d || d < lo || d > hi)
+	if (d < lo || d > hi || d != (double)(int)d) /* the range first: (int)1e300 is undefined */
 		return false;
 	*out = (int)d;
 	return true;
